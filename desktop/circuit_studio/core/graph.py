@@ -1,0 +1,210 @@
+"""The attribution graph: one frozen object holding everything attribution computed.
+
+Node order (rows and columns of `adjacency_matrix`), the contract every other module relies on:
+
+1. feature nodes: the selected active features, ascending index into `active_features`
+   (`active_features` itself is lexicographic in (layer, position, feature));
+2. error nodes: `n_layers * n_pos` of them, layer-major: node `n_features + layer * n_pos + pos`;
+3. token nodes: `n_pos` of them, by position (BOS included);
+4. logit nodes: `n_logits` of them, in target order (probability descending for automatic targets).
+
+`adjacency_matrix[t, s]` is the direct effect of source s on target t (rows = targets, columns =
+sources), as in circuit-tracer. Only feature and logit rows are non-zero; logit columns are zero.
+
+Files: `save_graph` writes one `.npz` holding the arrays and a JSON header (no pickle), so a graph
+can be reopened without torch and without the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GraphFileError
+
+GRAPH_FILE_VERSION = 1
+
+
+class NodeKind(str, Enum):
+    FEATURE = "feature"
+    ERROR = "error"
+    TOKEN = "token"
+    LOGIT = "logit"
+
+
+@dataclass(frozen=True)
+class AttributionParams:
+    """How a graph was computed (circuit-tracer's names and Python-API defaults)."""
+
+    max_n_logits: int = 10
+    desired_logit_prob: float = 0.95
+    batch_size: int = 256
+    max_feature_nodes: int | None = None
+    update_interval: int = 4
+
+
+@dataclass(frozen=True)
+class AttributionGraph:
+    """A complete (unpruned) attribution graph; see the module docstring for the node order.
+
+    Shapes: P = n_pos (BOS included), L = n_layers, K = n_logits, N = n_nodes.
+    """
+
+    prompt: str
+    input_tokens: np.ndarray  # int64 [P]
+    token_strings: tuple[str, ...]  # [P] decoded tokens, for labels
+    active_features: np.ndarray  # int64 [n_active, 3] (layer, pos, feature), lexicographic
+    activation_values: np.ndarray  # float32 [n_active]
+    selected_features: np.ndarray  # int64 [n_features] indices into active_features, ascending
+    logit_token_ids: np.ndarray  # int64 [K]
+    logit_probabilities: np.ndarray  # float32 [K] softmax probabilities, not renormalised
+    logit_tokens: tuple[str, ...]  # [K] decoded target tokens
+    adjacency_matrix: np.ndarray  # float32 [N, N], [target, source]
+    n_layers: int
+    vocab_size: int
+    params: AttributionParams = field(default_factory=AttributionParams)
+    model_name: str = ""
+    transcoder_name: str = ""
+    provenance: dict = field(default_factory=dict)  # versions, device, dtype, seconds, time
+
+    def __post_init__(self) -> None:
+        n = self.n_nodes
+        if self.adjacency_matrix.shape != (n, n):
+            raise ValueError(f"adjacency_matrix has shape {self.adjacency_matrix.shape}, node order needs ({n}, {n})")
+
+    # ---- counts and offsets (the node order, stated once) ----
+    @property
+    def n_pos(self) -> int:
+        return int(self.input_tokens.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.selected_features.shape[0])
+
+    @property
+    def n_errors(self) -> int:
+        return self.n_layers * self.n_pos
+
+    @property
+    def n_logits(self) -> int:
+        return int(self.logit_token_ids.shape[0])
+
+    @property
+    def error_offset(self) -> int:
+        return self.n_features
+
+    @property
+    def token_offset(self) -> int:
+        return self.n_features + self.n_errors
+
+    @property
+    def logit_offset(self) -> int:
+        return self.token_offset + self.n_pos
+
+    @property
+    def n_nodes(self) -> int:
+        return self.logit_offset + self.n_logits
+
+    def kind_of(self, node: int) -> NodeKind:
+        if node < self.error_offset:
+            return NodeKind.FEATURE
+        if node < self.token_offset:
+            return NodeKind.ERROR
+        if node < self.logit_offset:
+            return NodeKind.TOKEN
+        return NodeKind.LOGIT
+
+    def node_kinds(self) -> np.ndarray:
+        """int8 [N]: 0 feature, 1 error, 2 token, 3 logit."""
+        k = np.empty(self.n_nodes, dtype=np.int8)
+        k[: self.error_offset] = 0
+        k[self.error_offset : self.token_offset] = 1
+        k[self.token_offset : self.logit_offset] = 2
+        k[self.logit_offset :] = 3
+        return k
+
+    def node_layers(self) -> np.ndarray:
+        """int64 [N]: feature/error layer; -1 for tokens (embedding row); n_layers for logits."""
+        out = np.empty(self.n_nodes, dtype=np.int64)
+        out[: self.n_features] = self.active_features[self.selected_features, 0]
+        out[self.error_offset : self.token_offset] = np.repeat(np.arange(self.n_layers), self.n_pos)
+        out[self.token_offset : self.logit_offset] = -1
+        out[self.logit_offset :] = self.n_layers
+        return out
+
+    def node_positions(self) -> np.ndarray:
+        """int64 [N]: prompt position of each node (logits sit at the last position)."""
+        out = np.empty(self.n_nodes, dtype=np.int64)
+        out[: self.n_features] = self.active_features[self.selected_features, 1]
+        out[self.error_offset : self.token_offset] = np.tile(np.arange(self.n_pos), self.n_layers)
+        out[self.token_offset : self.logit_offset] = np.arange(self.n_pos)
+        out[self.logit_offset :] = self.n_pos - 1
+        return out
+
+    def logit_weights(self) -> np.ndarray:
+        """float32 [N]: zero except the logit nodes, which hold their probabilities (pruning's w)."""
+        w = np.zeros(self.n_nodes, dtype=np.float32)
+        w[self.logit_offset :] = self.logit_probabilities
+        return w
+
+    def feature_of(self, node: int) -> tuple[int, int, int, float]:
+        """(layer, pos, feature index, activation) of a feature node."""
+        a = int(self.selected_features[node])
+        layer, pos, feat = (int(v) for v in self.active_features[a])
+        return layer, pos, feat, float(self.activation_values[a])
+
+
+_ARRAYS = ("input_tokens", "active_features", "activation_values", "selected_features",
+           "logit_token_ids", "logit_probabilities", "adjacency_matrix")
+
+
+def save_graph(graph: AttributionGraph, path: str | Path, extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write `graph` to one `.npz` (arrays + a JSON header); written to a temporary file and renamed.
+
+    `extra` arrays (e.g. `node_mask`, `edge_mask` of a pruning) are stored beside the graph's own and
+    ignored by `load_graph`.
+    """
+    path = Path(path)
+    header = {
+        "format": "circuit-studio-graph",
+        "version": GRAPH_FILE_VERSION,
+        **{f.name: getattr(graph, f.name) for f in fields(graph) if f.name not in _ARRAYS},
+    }
+    header["params"] = asdict(graph.params)
+    arrays = {**(extra or {}), **{name: getattr(graph, name) for name in _ARRAYS}}
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise GraphFileError(f"Cannot write graph file {path}: {e.strerror or e}.",
+                             "Check that the folder exists, is writable and has free space.") from e
+
+
+def load_graph(path: str | Path) -> AttributionGraph:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            arrays = {name: z[name] for name in _ARRAYS}
+    except FileNotFoundError as e:
+        raise GraphFileError(f"Graph file {path} does not exist.") from e
+    except Exception as e:  # zip, json and key errors all mean the same thing to the user
+        raise GraphFileError(f"{path} is not a Circuit Studio graph file ({type(e).__name__}: {e}).",
+                             "Open a .npz written by `circuit-studio attribute --npz` or by the app.") from e
+    if header.get("format") != "circuit-studio-graph":
+        raise GraphFileError(f"{path} is not a Circuit Studio graph file.")
+    if header["version"] > GRAPH_FILE_VERSION:
+        raise GraphFileError(f"{path} was written by a newer Circuit Studio (graph format {header['version']}).",
+                             "Update Circuit Studio to open it.")
+    header.pop("format"), header.pop("version")
+    header["params"] = AttributionParams(**header["params"])
+    header["token_strings"] = tuple(header["token_strings"])
+    header["logit_tokens"] = tuple(header["logit_tokens"])
+    return AttributionGraph(**header, **arrays)
