@@ -1,0 +1,290 @@
+"""Attribution: prompt + model + transcoders -> the full attribution graph (circuit-tracer's method).
+
+Following "Circuit Tracing" (Ameisen et al., 2025) and circuit-tracer 0.5.0, spec §2-§3:
+
+0. One clean forward pass records the read/write tensors, attention patterns and norm scales.
+   Transcoder activations at the read points give the active features (position 0 zeroed),
+   the reconstruction gives the error vectors, and the last position's logits give the targets:
+   the top `max_n_logits` tokens up to cumulative probability `desired_logit_prob`.
+1. Logit rows: each target's demeaned unembedding column is pushed back through the frozen
+   model (`frozen_backward`), giving its direct effects from every feature, error and token.
+2. Feature rows: each active feature's encoder row is pushed back from its read point, giving
+   the effects on its pre-activation. With a `max_feature_nodes` budget the features are visited
+   greedily by their influence on the logits, estimated from the rows gathered so far.
+3. The rows are packed into the N x N adjacency matrix of `graph.AttributionGraph`.
+
+Edges: feature source s (activation a_s, decoder W_dec[s]) -> sum over the layers it writes to of
+<g_write, a_s W_dec[s]>; error source -> <g_write, error>; token -> <g_embed, embedding>.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import PromptError
+from .frozen_backward import FrozenBackward, Targets
+from .graph import AttributionGraph, AttributionParams
+from .model_loading import ModelBundle, decode_tokens, tokenize_prompt
+from .progress import CancelToken, ProgressFn, check, report
+from .replacement import CleanRun, record_clean_run
+from .transcoder_loading import check_transcoders_fit
+from .transcoders import TranscoderSet
+
+
+@dataclass(frozen=True)
+class LogitTargets:
+    token_ids: torch.Tensor  # int64 [K]
+    probabilities: torch.Tensor  # float32 [K]
+    vectors: torch.Tensor  # [K, d] demeaned unembedding rows
+
+
+def select_logit_targets(logits: torch.Tensor, unembed: torch.Tensor, max_n_logits: int,
+                         desired_logit_prob: float) -> LogitTargets:
+    """logits [V] at the last position, unembed [V, d] -> the smallest top set reaching the probability."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top_p, top_idx = torch.topk(probs, min(max_n_logits, probs.shape[0]))
+    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), desired_logit_prob)) + 1
+    top_p, top_idx = top_p[:cutoff], top_idx[:cutoff]
+    w = unembed.float()
+    return LogitTargets(top_idx.cpu(), top_p.cpu(), w[top_idx] - w.mean(0))
+
+
+@dataclass(frozen=True, eq=False)
+class _Phase0:
+    clean: CleanRun
+    active: torch.Tensor  # int64 [n_active, 3] (layer, pos, feature), lexicographic
+    values: torch.Tensor  # [n_active]
+    errors: torch.Tensor  # [L, P, d]
+    targets: LogitTargets
+
+
+def _phase0(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet, params: AttributionParams) -> _Phase0:
+    clean = record_clean_run(bundle, ids, tc)
+    L, P = tc.n_layers, ids.shape[0]
+    zeroed = bundle.n_zeroed_positions
+    with torch.no_grad():
+        acts = torch.stack([tc.encode(layer, clean.reads[layer]) for layer in range(L)])  # [L, P, F]
+        acts[:, :zeroed] = 0
+        active = torch.nonzero(acts)  # row-major, hence (layer, pos, feature) lexicographic
+        values = acts[active[:, 0], active[:, 1], active[:, 2]]
+        errors = clean.writes - tc.reconstruct(acts, clean.reads)
+        errors[:, :zeroed] = 0
+    targets = select_logit_targets(clean.logits[-1], bundle.arch.unembed, params.max_n_logits,
+                                   params.desired_logit_prob)
+    return _Phase0(clean, active, values, errors, targets)
+
+
+class _EdgeRows:
+    """Computes rows of direct effects on the columns [active features, errors, tokens]."""
+
+    def __init__(self, p0: _Phase0, tc: TranscoderSet, backward: FrozenBackward, cancel: CancelToken | None):
+        self.p0, self.tc, self.backward, self.cancel = p0, tc, backward, cancel
+        L, P = p0.errors.shape[:2]
+        self.L, self.P = L, P
+        self.n_active = int(p0.active.shape[0])
+        self.n_cols = self.n_active + L * P + P
+        dev, dtype = backward.device, backward.dtype
+        self.errors = p0.errors.to(dev, dtype)
+        self.tokens = p0.clean.token_vectors.to(dev, dtype)
+        # Decoder rows scaled by activation, padded per position so one bmm serves a (source, output)
+        # layer pair: dec[src, out] = (cols [n], pos [n], slot [n], padded [P, max_n, d]).
+        self.decoders: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        active = p0.active.to(dev)
+        for src in range(L):
+            idx = torch.nonzero(active[:, 0] == src).flatten()
+            if idx.numel() == 0:
+                continue
+            pos, feat = active[idx, 1], active[idx, 2]
+            counts = torch.bincount(pos, minlength=P)
+            start = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(idx.numel(), device=dev) - start[pos]
+            scale = p0.values.to(dev, dtype)[idx, None]
+            for out in (range(src, L) if tc.is_clt else (src,)):
+                rows = tc.decoder_rows(src, feat, out).to(dtype) * scale
+                padded = torch.zeros(P, int(counts.max()), rows.shape[-1], device=dev, dtype=dtype)
+                padded[pos, slot] = rows
+                self.decoders[src, out] = (idx, pos, slot, padded)
+
+    def compute(self, targets: Targets) -> torch.Tensor:
+        """[B, n_cols] float32 on the CPU."""
+        B = targets.layers.shape[0]
+        out = torch.zeros(B, self.n_cols, device=self.backward.device, dtype=torch.float32)
+        err0 = self.n_active
+
+        def on_write(layer: int, g: torch.Tensor) -> None:
+            check(self.cancel)
+            n_pos = g.shape[1]
+            for src in range(layer + 1):
+                entry = self.decoders.get((src, layer))
+                if entry is None:
+                    continue
+                idx, pos, slot, padded = entry
+                vals = torch.bmm(g.transpose(0, 1), padded[:n_pos].transpose(1, 2))  # [P', B, max_n]
+                keep = pos < n_pos
+                out[:, idx[keep]] += vals[pos[keep], :, slot[keep]].T.float()
+            e = torch.einsum("bpd,pd->bp", g, self.errors[layer, :n_pos])
+            out[:, err0 + layer * self.P: err0 + layer * self.P + n_pos] = e.float()
+
+        g_embed = self.backward.run(targets, on_write)
+        tok0 = err0 + self.L * self.P
+        n_pos = g_embed.shape[1]
+        out[:, tok0: tok0 + n_pos] = torch.einsum("bpd,pd->bp", g_embed, self.tokens[:n_pos]).float()
+        return out.cpu()
+
+
+def _feature_targets(p0: _Phase0, tc: TranscoderSet, which: torch.Tensor) -> Targets:
+    layers, pos, feat = p0.active[which].unbind(1)
+    return Targets(layers, pos, tc.w_enc[layers.to(tc.w_enc.device), feat.to(tc.w_enc.device)])
+
+
+def _partial_influences(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor,
+                        n_cols: int, max_iter: int = 128) -> torch.Tensor:
+    """circuit-tracer's influence estimate from the rows computed so far (spec §3.4).
+
+    rows [R, n_cols + K] with the K logit columns last; row_nodes [R] maps each row to its column."""
+    m = rows.abs()
+    m /= m.sum(1, keepdim=True).clamp(min=1e-8)
+    prod = torch.zeros(rows.shape[1])
+    prod[-logit_probs.shape[0]:] = logit_probs
+    influence = torch.zeros(rows.shape[1])
+    for _ in range(max_iter):
+        prod = prod[row_nodes] @ m
+        if not prod.any():
+            return influence[:n_cols]
+        influence += prod
+    raise RuntimeError("partial influences did not converge: the rows do not form a DAG")
+
+
+def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, transcoders: TranscoderSet,
+              params: AttributionParams = AttributionParams(), *, progress: ProgressFn | None = None,
+              cancel: CancelToken | None = None) -> AttributionGraph:
+    """Compute the full attribution graph of `prompt` (see the module docstring)."""
+    for name, value in (("batch_size", params.batch_size), ("max_n_logits", params.max_n_logits),
+                        ("update_interval", params.update_interval)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1 (got {value})")
+    if params.max_feature_nodes is not None and params.max_feature_nodes < 0:
+        raise ValueError(f"max_feature_nodes must be >= 0 (got {params.max_feature_nodes})")
+    if not 0 < params.desired_logit_prob <= 1:
+        raise ValueError(f"desired_logit_prob must be in (0, 1] (got {params.desired_logit_prob})")
+    check_transcoders_fit(transcoders, n_layers=bundle.arch.n_layers, d_model=bundle.arch.d_model,
+                          model_name=bundle.name)
+    started = time.perf_counter()
+    ids = tokenize_prompt(bundle, prompt)
+    tc = transcoders.to(bundle.device, bundle.dtype)
+    report(progress, "Forward pass", 0, 1)
+    p0 = _phase0(bundle, ids, tc, params)
+    check(cancel)
+    report(progress, "Forward pass", 1, 1)
+    timings = {"forward": time.perf_counter() - started}
+
+    edges = _EdgeRows(p0, tc, FrozenBackward(bundle.arch, p0.clean, tc, bundle.dtype), cancel)
+    K, n_active, n_cols = p0.targets.token_ids.shape[0], edges.n_active, edges.n_cols
+    budget = n_active if params.max_feature_nodes is None else min(params.max_feature_nodes, n_active)
+    bs = params.batch_size
+    # Rows in the order computed: K logit rows, then feature rows. The extra K zero columns stand for
+    # the logit nodes, which the partial-influence estimate needs.
+    matrix = torch.zeros(K + budget, n_cols + K)
+    row_nodes = torch.empty(K + budget, dtype=torch.long)
+    row_nodes[:K] = torch.arange(n_cols, n_cols + K)
+
+    t0 = time.perf_counter()
+    L, P = tc.n_layers, ids.shape[0]
+    for i in range(0, K, bs):
+        check(cancel)
+        k = slice(i, min(i + bs, K))
+        n = k.stop - k.start
+        matrix[k, :n_cols] = edges.compute(Targets(torch.full((n,), L), torch.full((n,), P - 1),
+                                                   p0.targets.vectors[k]))
+        report(progress, "Logit rows", k.stop, K)
+    timings["logit_rows"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    visited = torch.zeros(n_active, dtype=torch.bool)
+    n_done = 0
+    total_batches = math.ceil(budget / bs)
+    while n_done < budget:
+        if budget == n_active:
+            queue = torch.arange(n_active)[~visited]  # everything: no ranking needed
+        else:
+            infl = _partial_influences(matrix[: K + n_done], row_nodes[: K + n_done],
+                                       p0.targets.probabilities, n_cols)[:n_active]
+            order = torch.argsort(infl, descending=True, stable=True)
+            order = order[~visited[order]]
+            queue = order[: min(params.update_interval * bs, budget - n_done)]
+        # batches in (layer, position) order let each backward pass stop early
+        queue = torch.sort(queue).values
+        for i in range(0, queue.shape[0], bs):
+            check(cancel)
+            which = queue[i: i + bs]
+            r = slice(K + n_done, K + n_done + which.shape[0])
+            matrix[r, :n_cols] = edges.compute(_feature_targets(p0, tc, which))
+            row_nodes[r] = which
+            visited[which] = True
+            n_done += which.shape[0]
+            report(progress, "Feature rows", math.ceil(n_done / bs), total_batches)
+    timings["feature_rows"] = time.perf_counter() - t0
+
+    text = prompt if isinstance(prompt, str) else bundle.tokenizer.decode(ids.tolist())
+    graph = _package(bundle, p0, matrix, row_nodes, visited, params, ids, text, tc.scan)
+    timings["total"] = time.perf_counter() - started
+    graph.provenance["seconds"] = timings
+    report(progress, "Done", 1, 1)
+    return graph
+
+
+def _package(bundle: ModelBundle, p0: _Phase0, matrix: torch.Tensor, row_nodes: torch.Tensor,
+             visited: torch.Tensor, params: AttributionParams, ids: torch.Tensor, prompt: str,
+             transcoder_name: str) -> AttributionGraph:
+    """Rows in computed order -> the N x N matrix in the node order of `graph`."""
+    K = p0.targets.token_ids.shape[0]
+    L, P = p0.errors.shape[:2]
+    n_active = int(p0.active.shape[0])
+    selected = torch.nonzero(visited).flatten()
+    n_sel = selected.shape[0]
+    N = n_sel + L * P + P + K
+    # columns: selected features, then errors and tokens (which follow the active features internally)
+    cols = torch.cat([selected, torch.arange(n_active, n_active + L * P + P)])
+    adj = np.zeros((N, N), dtype=np.float32)
+    row_of = torch.empty(n_active, dtype=torch.long)
+    row_of[row_nodes[K:]] = torch.arange(K, K + row_nodes.shape[0] - K)
+    feature_rows = row_of[selected]
+    adj[:n_sel, : N - K] = matrix[feature_rows][:, cols].numpy()
+    adj[N - K:, : N - K] = matrix[:K][:, cols].numpy()
+    return AttributionGraph(
+        prompt=prompt, input_tokens=ids.numpy().astype(np.int64),
+        token_strings=decode_tokens(bundle, ids),
+        active_features=p0.active.cpu().numpy().astype(np.int64),
+        activation_values=p0.values.float().cpu().numpy(),
+        selected_features=selected.numpy().astype(np.int64),
+        logit_token_ids=p0.targets.token_ids.numpy().astype(np.int64),
+        logit_probabilities=p0.targets.probabilities.numpy().astype(np.float32),
+        logit_tokens=decode_tokens(bundle, p0.targets.token_ids),
+        adjacency_matrix=adj, n_layers=L, vocab_size=int(bundle.arch.unembed.shape[0]), params=params,
+        model_name=bundle.name, transcoder_name=transcoder_name,
+        provenance=_provenance(bundle),
+    )
+
+
+def _provenance(bundle: ModelBundle) -> dict:
+    import importlib.metadata as md
+    from datetime import datetime, timezone
+
+    versions = {}
+    for pkg in ("circuit-studio", "torch", "transformers"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    device = torch.cuda.get_device_name(bundle.device) if bundle.device.type == "cuda" else "cpu"
+    return {"versions": versions, "device": device, "dtype": str(bundle.dtype).removeprefix("torch."),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_folder": str(bundle.summary.folder)}
+
+
+__all__ = ["attribute", "select_logit_targets", "LogitTargets", "PromptError"]
