@@ -91,24 +91,25 @@ class _EdgeRows:
         dev, dtype = backward.device, backward.dtype
         self.errors = p0.errors.to(dev, dtype)
         self.tokens = p0.clean.token_vectors.to(dev, dtype)
-        # Decoder rows scaled by activation, padded per position so one bmm serves a (source, output)
-        # layer pair: dec[src, out] = (cols [n], pos [n], slot [n], padded [P, max_n, d]).
-        self.decoders: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
-        active = p0.active.to(dev)
+        # Decoder rows scaled by activation, per (source layer, output layer). Active features are
+        # sorted by (layer, pos, feature), so one layer's features are the columns [c0, c1) and each
+        # position's are a contiguous run inside them: spans [(pos, start, end)] relative to c0.
+        self.decoders: dict[tuple[int, int], torch.Tensor] = {}  # [n_src, d]
+        self.layer_columns: dict[int, tuple[int, int, list[tuple[int, int, int]]]] = {}
+        active = p0.active
         for src in range(L):
             idx = torch.nonzero(active[:, 0] == src).flatten()
             if idx.numel() == 0:
                 continue
-            pos, feat = active[idx, 1], active[idx, 2]
-            counts = torch.bincount(pos, minlength=P)
-            start = torch.cumsum(counts, 0) - counts
-            slot = torch.arange(idx.numel(), device=dev) - start[pos]
-            scale = p0.values.to(dev, dtype)[idx, None]
+            c0, c1 = int(idx[0]), int(idx[-1]) + 1
+            pos = active[c0:c1, 1]
+            bounds = torch.searchsorted(pos, torch.arange(P + 1)).tolist()
+            spans = [(p, bounds[p], bounds[p + 1]) for p in range(P) if bounds[p + 1] > bounds[p]]
+            self.layer_columns[src] = (c0, c1, spans)
+            feat = active[c0:c1, 2].to(dev)
+            scale = p0.values[c0:c1, None].to(dev, dtype)
             for out in (range(src, L) if tc.is_clt else (src,)):
-                rows = tc.decoder_rows(src, feat, out).to(dtype) * scale
-                padded = torch.zeros(P, int(counts.max()), rows.shape[-1], device=dev, dtype=dtype)
-                padded[pos, slot] = rows
-                self.decoders[src, out] = (idx, pos, slot, padded)
+                self.decoders[src, out] = tc.decoder_rows(src, feat, out).to(dtype) * scale
 
     def compute(self, targets: Targets) -> torch.Tensor:
         """[B, n_cols] float32 on the CPU."""
@@ -120,13 +121,14 @@ class _EdgeRows:
             check(self.cancel)
             n_pos = g.shape[1]
             for src in range(layer + 1):
-                entry = self.decoders.get((src, layer))
-                if entry is None:
+                dec = self.decoders.get((src, layer))
+                if dec is None:
                     continue
-                idx, pos, slot, padded = entry
-                vals = torch.bmm(g.transpose(0, 1), padded[:n_pos].transpose(1, 2))  # [P', B, max_n]
-                keep = pos < n_pos
-                out[:, idx[keep]] += vals[pos[keep], :, slot[keep]].T.float()
+                c0, _, spans = self.layer_columns[src]
+                for p, a, b in spans:
+                    if p >= n_pos:  # causal: later positions received no gradient
+                        break
+                    out[:, c0 + a: c0 + b] += (g[:, p] @ dec[a:b].T).float()
             e = torch.einsum("bpd,pd->bp", g, self.errors[layer, :n_pos])
             out[:, err0 + layer * self.P: err0 + layer * self.P + n_pos] = e.float()
 

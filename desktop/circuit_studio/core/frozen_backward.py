@@ -58,13 +58,23 @@ class FrozenBackward:
         def cast(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=dev, dtype=dtype)
 
-        self.attn_scales = cast(clean.attn_scales)
-        self.post_attn_scales = cast(clean.post_attn_scales)
         self.mlp_scales = cast(clean.mlp_scales)
         self.post_mlp_scales = cast(clean.post_mlp_scales)
         self.final_scale = cast(clean.final_scale)
-        self.patterns = [cast(p) for p in clean.patterns]  # [H, P, P]
         self.w_skip = cast(tc.w_skip)
+        # Fold every frozen diagonal of the attention path into its neighbours, once:
+        #   pattern'[h, q, k] = s_post_attn[q] * pattern[h, q, k] * s_attn[k]   (per-position scales)
+        #   w_o' = diag(post-attn gain) w_o,  w_v' = w_v diag(attn gain)          (per-channel gains)
+        # so the attention transpose is two matmuls and one mixing step, with no elementwise passes.
+        self.attention: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for i, (layer, pattern) in enumerate(zip(arch.layers, clean.patterns)):
+            pattern = pattern.to(dev, torch.float32) * clean.attn_scales[i, None, None, :, 0].to(dev)
+            w_o = layer.w_o.float()
+            if layer.post_attn_norm is not None:
+                pattern = pattern * clean.post_attn_scales[i, None, :, :].to(dev)
+                w_o = layer.post_attn_norm.gain[:, None].to(w_o) * w_o
+            w_v = layer.w_v.float() * layer.attn_norm.gain[None, :].to(dev)
+            self.attention.append((cast(pattern), cast(w_o), cast(w_v)))
 
     def run(self, targets: Targets, on_write: WriteGradFn) -> torch.Tensor:
         """Propagate a batch of target covectors down to the embeddings.
@@ -104,11 +114,7 @@ class FrozenBackward:
             g_mid = g
             if g_read is not None:
                 g_mid = g + self._read_backward(parts.mlp_norm, g_read, self.mlp_scales[layer, :n_pos])
-            g_attn = g_mid
-            if parts.post_attn_norm is not None:
-                g_attn = parts.post_attn_norm.backward(g_mid, self.post_attn_scales[layer, :n_pos])
-            g = g_mid + parts.attn_norm.backward(self._attention_backward(layer, g_attn, n_pos),
-                                                 self.attn_scales[layer, :n_pos])
+            g = g_mid + self._attention_backward(layer, g_mid, n_pos)
         return g
 
     def _read_backward(self, norm: Norm, g_read: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -119,16 +125,17 @@ class FrozenBackward:
             return norm.backward(g_read, scale, with_gain=False)
         return g_read  # hook_resid_mid
 
-    def _attention_backward(self, layer: int, g_out: torch.Tensor, n_pos: int) -> torch.Tensor:
-        """Transpose of x -> O(pattern @ V(x)) with a frozen pattern: [B, P', d] -> [B, P', d]."""
+    def _attention_backward(self, layer: int, g_mid: torch.Tensor, n_pos: int) -> torch.Tensor:
+        """Transpose of the frozen attention sub-block (norm, V, pattern, O, Gemma's post-norm):
+        grad at the residual after it [B, P', d] -> grad at the residual before it [B, P', d]."""
         p = self.arch.layers[layer]
-        B = g_out.shape[0]
-        w_o = p.w_o.to(self.dtype)
-        w_v = p.w_v.to(self.dtype)
-        g_heads = (g_out @ w_o).view(B, n_pos, p.n_heads, p.head_dim).transpose(1, 2)  # [B, H, P', dh]
-        pattern = self.patterns[layer][:, :n_pos, :n_pos]  # [H, Q, K]
-        g_v = pattern.transpose(-1, -2) @ g_heads  # [B, H, K, dh]
+        pattern, w_o, w_v = self.attention[layer]
+        B = g_mid.shape[0]
+        g_heads = (g_mid @ w_o).view(B, n_pos, p.n_heads, p.head_dim).transpose(1, 2)  # [B, H, Q, dh]
+        g_v = pattern[:, :n_pos, :n_pos].transpose(-1, -2) @ g_heads  # [B, H, K, dh]
         if p.n_kv_heads != p.n_heads:  # grouped-query attention: heads sharing a value head add up
             g_v = g_v.view(B, p.n_kv_heads, p.n_heads // p.n_kv_heads, n_pos, p.head_dim).sum(2)
-        g_v = g_v.transpose(1, 2).reshape(B, n_pos, p.n_kv_heads * p.head_dim)
-        return g_v @ w_v
+        g = g_v.transpose(1, 2).reshape(B, n_pos, p.n_kv_heads * p.head_dim) @ w_v
+        if p.attn_norm.kind == "layer":  # LayerNorm's centring, the one part that does not fold
+            g = g - g.mean(-1, keepdim=True)
+        return g

@@ -141,6 +141,7 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None,
                cancel: CancelToken | None = None) -> ModelBundle:
     """Load model + tokenizer from a local folder (offline, no remote code) in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .attention import ATTENTION_IMPLEMENTATION, register_attention
 
@@ -151,6 +152,7 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None,
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ModelLoadError(f"dtype {dtype} is not supported.", "Use float32 (default) or bfloat16.")
     register_attention()
+    hf_logging.disable_progress_bar()  # progress goes through our callback, not to the terminal
     report(progress, "Loading model", 0, 2, summary.name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -129,9 +129,11 @@ class FrozenOutput:
 
 @torch.no_grad()
 def run_frozen(bundle: ModelBundle, clean: CleanRun, tc: TranscoderSet, *,
-               write_deltas: dict[int, torch.Tensor] | None = None, freeze_attention: bool = True,
+               write_deltas: dict[int, torch.Tensor] | None = None, embed_delta: torch.Tensor | None = None,
+               freeze_attention: bool = True,
                freeze_norms: bool = True, constrained_layers: set[int] | frozenset = frozenset()) -> FrozenOutput:
-    """Re-run the clean prompt, adding `write_deltas[l]` [P, d] at layer l's write point.
+    """Re-run the clean prompt, adding `write_deltas[l]` [P, d] at layer l's write point and
+    `embed_delta` [P, d] to the token embeddings.
 
     `freeze_attention` replays the clean patterns, `freeze_norms` the clean norm scales; a
     constrained layer's write point is held at its clean value plus the change of the transcoder's
@@ -171,6 +173,8 @@ def run_frozen(bundle: ModelBundle, clean: CleanRun, tc: TranscoderSet, *,
                 new = new + deltas[i].to(new)
             return new[None]
         handles.append(arch.write_module(i, tc.feature_output_hook).register_forward_hook(write_hook))
+    if embed_delta is not None:
+        handles.append(arch.embed.register_forward_hook(lambda mod, args, out: out + embed_delta.to(out)))
     if freeze_norms:
         handles.append(arch.final_norm.module.register_forward_hook(frozen_norm(arch.final_norm, clean.final_scale)))
     handles.append(arch.final_norm.module.register_forward_hook(

@@ -1,0 +1,36 @@
+"""Shared test setup: fully offline, headless, light on CPU; tiny model folders built once."""
+
+from __future__ import annotations
+
+import os
+
+# Must happen before anything imports transformers / huggingface_hub / Qt.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)  # the CI / dev machines are small and shared
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Factory: `tiny_model_folder("llama")` -> HF folder of a tiny random model (seed 0,
+    default `ModelDims`), built at most once per family per test session."""
+    from circuit_studio.core.synthetic import build_model_folder
+
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            folder = tmp_path_factory.mktemp(f"tiny_{family}")
+            cache[family] = build_model_folder(family, folder, seed=0)
+        return cache[family]
+
+    return get

@@ -1,0 +1,57 @@
+"""Layering rules: `circuit_studio.core` is GUI-free and never prints."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+DESKTOP = Path(__file__).resolve().parents[1] / "desktop"
+CORE = DESKTOP / "circuit_studio" / "core"
+GUI_MODULES = ("PySide6", "shiboken6", "pyqtgraph")
+
+_PROBE = f"""
+import importlib, pkgutil, sys
+import circuit_studio.core as core
+names = [m.name for m in pkgutil.walk_packages(core.__path__, core.__name__ + ".")]
+for name in names:
+    importlib.import_module(name)
+bad = [m for m in {GUI_MODULES!r} if m in sys.modules]
+print("IMPORTED", len(names), "GUI", ",".join(bad))
+"""
+
+
+def test_core_imports_without_qt():
+    env = dict(os.environ, PYTHONPATH=str(DESKTOP), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    line = [l for l in res.stdout.splitlines() if l.startswith("IMPORTED")][-1]
+    assert line.endswith("GUI "), f"core pulled in GUI modules: {line}"
+
+
+def _print_calls(source: str) -> list[int]:
+    """Line numbers of `print(` calls (tokens, so strings, comments and `.print(` don't count)."""
+    try:
+        toks = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)]
+    except (tokenize.TokenError, SyntaxError):  # unparsable file: fall back to a plain grep
+        return [i for i, l in enumerate(source.splitlines(), 1) if re.search(r"\bprint\s*\(", l)]
+    return [t.start[0] for prev, t, nxt in zip([None] + toks, toks, toks[1:] + [None])
+            if t.type == tokenize.NAME and t.string == "print" and nxt is not None
+            and nxt.string == "(" and not (prev is not None and prev.string == ".")]
+
+
+def test_core_never_prints():
+    offenders = {str(p.relative_to(CORE)): lines for p in sorted(CORE.rglob("*.py"))
+                 if (lines := _print_calls(p.read_text(encoding="utf-8")))}
+    assert not offenders, f"print( calls in core (report via callbacks/exceptions): {offenders}"
+
+
+def test_print_detector():
+    assert _print_calls("x = 1\nprint(x)\n") == [2]
+    assert _print_calls("s = 'print(x)'  # print(y)\nlog.print(z)\nfingerprint(1)\n") == []
