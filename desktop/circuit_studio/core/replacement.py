@@ -45,7 +45,7 @@ class CleanRun:
 
 
 @contextmanager
-def _hooks(handles: list) -> Iterator[None]:
+def removing_hooks(handles: list) -> Iterator[None]:
     try:
         yield
     finally:
@@ -53,7 +53,7 @@ def _hooks(handles: list) -> Iterator[None]:
             h.remove()
 
 
-def _read_value(norm: Norm, hook: str, norm_in: torch.Tensor, norm_out: torch.Tensor, scale: torch.Tensor):
+def read_point_value(norm: Norm, hook: str, norm_in: torch.Tensor, norm_out: torch.Tensor, scale: torch.Tensor):
     if hook == "mlp.hook_in":
         return norm_out
     if hook == "ln2.hook_normalized":
@@ -84,7 +84,7 @@ def record_clean_run(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet) 
             s = norm.scale(x)[0]
             scales[name, layer] = s
             if read:
-                reads[layer] = _read_value(norm, tc.feature_input_hook, x, out, s.to(x.device))[0]
+                reads[layer] = read_point_value(norm, tc.feature_input_hook, x, out, s.to(x.device))[0]
         return hook
 
     for i, layer in enumerate(arch.layers):
@@ -102,7 +102,7 @@ def record_clean_run(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet) 
     handles.append(arch.embed.register_forward_hook(lambda mod, args, out: got.__setitem__("embed", out[0])))
 
     store: dict[int, torch.Tensor] = {}
-    with _hooks(handles), patterns(record=store):
+    with removing_hooks(handles), patterns(record=store):
         logits = bundle.model(ids[None].to(bundle.device)).logits[0].float()
 
     def stack(name: str) -> torch.Tensor | None:
@@ -158,7 +158,7 @@ def run_frozen(bundle: ModelBundle, clean: CleanRun, tc: TranscoderSet, *,
 
         def read_hook(mod, args, out, i=i, norm=layer.mlp_norm):
             s = clean.mlp_scales[i][None] if freeze_norms else norm.scale(args[0])
-            reads[i] = _read_value(norm, tc.feature_input_hook, args[0], out, s.to(args[0].device))[0]
+            reads[i] = read_point_value(norm, tc.feature_input_hook, args[0], out, s.to(args[0].device))[0]
         # registered after the freezing hook, so it sees the frozen output
         handles.append(layer.mlp_norm.module.register_forward_hook(read_hook))
 
@@ -181,7 +181,7 @@ def run_frozen(bundle: ModelBundle, clean: CleanRun, tc: TranscoderSet, *,
         lambda mod, args, out: got.__setitem__("final", out[0])))
 
     with ExitStack() as stack:
-        stack.enter_context(_hooks(handles))
+        stack.enter_context(removing_hooks(handles))
         if freeze_attention:
             stack.enter_context(patterns(frozen={i: p[None] for i, p in enumerate(clean.patterns)}))
         logits = bundle.model(clean.input_ids[None].to(bundle.device)).logits[0].float()
