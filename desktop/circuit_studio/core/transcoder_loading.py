@@ -23,13 +23,12 @@ import yaml
 from safetensors import safe_open
 
 from .errors import TranscoderLoadError
+from .families import READ_HOOKS, WRITE_HOOKS
 from .progress import CancelToken, ProgressFn, check, report
 from .transcoders import TranscoderSet
 
 _fail = TranscoderLoadError  # (message naming the file or value, hint saying what to do)
 
-INPUT_HOOKS = ("mlp.hook_in", "ln2.hook_normalized", "hook_resid_mid")
-OUTPUT_HOOKS = ("mlp.hook_out", "hook_mlp_out")
 MODEL_KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 
 # canonical name -> key in the file, per layout
@@ -142,8 +141,8 @@ def _plan(folder_or_config: str | Path) -> _Plan:
                     "Use `model_kind: transcoder_set` (per-layer) or "
                     "`model_kind: cross_layer_transcoder`.")
     kind = MODEL_KINDS[model_kind]
-    hooks = (_hook(cfg, config, "feature_input_hook", INPUT_HOOKS),
-             _hook(cfg, config, "feature_output_hook", OUTPUT_HOOKS))
+    hooks = (_hook(cfg, config, "feature_input_hook", READ_HOOKS),
+             _hook(cfg, config, "feature_output_hook", WRITE_HOOKS))
     scan = cfg.get("scan")
     # circuit-tracer allows a list of scans; the app only shows it as a label
     scan = ",".join(map(str, scan)) if isinstance(scan, list) else str(scan or folder.name)

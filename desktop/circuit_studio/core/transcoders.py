@@ -2,7 +2,7 @@
 
 A transcoder set reads the residual stream at `feature_input_hook` of every layer and writes an
 approximation of the MLP output at `feature_output_hook` (hook names as in circuit-tracer, see
-`families.HOOK_POINTS`). Maths (spec §1.2):
+`families.READ_HOOKS` and `families.WRITE_HOOKS`). Maths (spec §1.2):
 
     pre  = x @ W_enc[l].T + b_enc[l]                       # [.., F]
     act  = relu(pre)  or  pre * (pre > threshold[l])       # JumpReLU, strict >
