@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -119,29 +119,48 @@ def record_clean_run(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet) 
 
 @dataclass(frozen=True)
 class FrozenOutput:
-    """What a frozen re-run returns: logits (after soft-cap) [P, V], the final-norm output [P, d]
-    (whose product with the unembedding is the pre-soft-cap logit), and the read tensors [L, P, d]."""
+    """What a (frozen) re-run returns: logits (after soft-cap) [P, V], the final-norm output [P, d]
+    (whose product with the unembedding is the pre-soft-cap logit), the read tensors [L, P, d], and
+    the KV cache when one was asked for."""
 
     logits: torch.Tensor
     final_hidden: torch.Tensor
     reads: torch.Tensor
+    past_key_values: object = None
+
+
+# (layer, read tensor [P, d] of this run) -> vector [P, d] to add at the layer's write point, or None
+DeltaFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 @torch.no_grad()
-def run_frozen(bundle: ModelBundle, clean: CleanRun, tc: TranscoderSet, *,
-               write_deltas: dict[int, torch.Tensor] | None = None, embed_delta: torch.Tensor | None = None,
-               freeze_attention: bool = True,
-               freeze_norms: bool = True, constrained_layers: set[int] | frozenset = frozenset()) -> FrozenOutput:
-    """Re-run the clean prompt, adding `write_deltas[l]` [P, d] at layer l's write point and
-    `embed_delta` [P, d] to the token embeddings.
+def run_frozen(bundle: ModelBundle, clean: CleanRun | None, tc: TranscoderSet, *,
+               write_deltas: dict[int, torch.Tensor] | DeltaFn | None = None, embed_delta: torch.Tensor | None = None,
+               freeze_attention: bool = True, freeze_norms: bool = True,
+               constrained_layers: set[int] | frozenset = frozenset(), ids: torch.Tensor | None = None,
+               past_key_values=None, use_cache: bool = False) -> FrozenOutput:
+    """Run the model on `ids` (default: the clean prompt) with the real HF modules, adding
+    `write_deltas` at the layers' write points and `embed_delta` [P, d] to the token embeddings.
 
-    `freeze_attention` replays the clean patterns, `freeze_norms` the clean norm scales; a
+    `write_deltas` is either fixed vectors per layer or a function of the layer and its read tensor
+    in this run (interventions compute their deltas from the current activations). What is frozen
+    comes from `clean`: `freeze_attention` replays its patterns, `freeze_norms` its norm scales; a
     constrained layer's write point is held at its clean value plus the change of the transcoder's
-    skip term (so no effect travels through that MLP) plus its delta.
+    skip term (so no effect travels through that MLP) plus its delta. With nothing frozen or
+    constrained, `clean` may be None (e.g. a KV-cached generation step).
     """
     arch = bundle.arch
     L = arch.n_layers
-    deltas = write_deltas or {}
+    if clean is None and (freeze_attention or freeze_norms or constrained_layers):
+        raise ValueError("freezing needs the clean run")
+    ids = clean.input_ids if ids is None else ids
+    if write_deltas is None:
+        delta_of: DeltaFn = lambda layer, read: None  # noqa: E731
+    elif callable(write_deltas):
+        delta_of = write_deltas
+    else:
+        fixed = write_deltas
+        delta_of = lambda layer, read: fixed.get(layer)  # noqa: E731
     reads: list[torch.Tensor | None] = [None] * L
     got: dict[str, torch.Tensor] = {}
     handles = []
@@ -169,8 +188,9 @@ def run_frozen(bundle: ModelBundle, clean: CleanRun, tc: TranscoderSet, *,
                 skip_now, skip_clean = tc.skip(i, reads[i]), tc.skip(i, clean.reads[i])
                 if skip_now is not None:
                     new = new + skip_now - skip_clean
-            if i in deltas:
-                new = new + deltas[i].to(new)
+            delta = delta_of(i, reads[i])
+            if delta is not None:
+                new = new + delta.to(new)
             return new[None]
         handles.append(arch.write_module(i, tc.feature_output_hook).register_forward_hook(write_hook))
     if embed_delta is not None:
@@ -184,5 +204,6 @@ def run_frozen(bundle: ModelBundle, clean: CleanRun, tc: TranscoderSet, *,
         stack.enter_context(removing_hooks(handles))
         if freeze_attention:
             stack.enter_context(patterns(frozen={i: p[None] for i, p in enumerate(clean.patterns)}))
-        logits = bundle.model(clean.input_ids[None].to(bundle.device)).logits[0].float()
-    return FrozenOutput(logits=logits, final_hidden=got["final"], reads=torch.stack(reads))
+        out = bundle.model(ids[None].to(bundle.device), past_key_values=past_key_values, use_cache=use_cache)
+    return FrozenOutput(logits=out.logits[0].float(), final_hidden=got["final"], reads=torch.stack(reads),
+                        past_key_values=out.past_key_values if use_cache else None)
