@@ -1,5 +1,7 @@
 """The `circuit-studio` command line: one sub-command per module in `commands/`.
 
+With no command (or `gui`) it opens the desktop window on the bundled demo.
+
 Bad input ends with a one-line reason on stderr and exit status 2; Ctrl-C cancels cleanly (130).
 """
 
@@ -14,7 +16,7 @@ import time
 from .core.errors import Cancelled, CircuitStudioError
 from .core.progress import CancelToken, Progress
 
-COMMANDS = ("attribute",)
+COMMANDS = ("attribute", "index-features")
 
 
 class TerminalProgress:
@@ -50,10 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         module.add_parser(sub)
         for added in set(sub.choices) - before:
             sub.choices[added].set_defaults(run=module.run)
+    gui = sub.add_parser("gui", help="open the desktop window (the default with no command)")
+    gui.add_argument("--model", help="model folder to open instead of the bundled demo")
+    gui.add_argument("--transcoders", help="transcoder folder for --model")
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command in (None, "gui"):
+        from .ui.app import run_app
+
+        return run_app(getattr(args, "model", None), getattr(args, "transcoders", None))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cancel = CancelToken()
