@@ -72,3 +72,29 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
     res = subprocess.run([sys.executable, "-m", "circuit_studio.cli", "attribute", "--help"],
                          capture_output=True, text=True)
     assert res.returncode == 0 and "--max-feature-nodes" in res.stdout
+
+
+def test_intervene_writes_before_and_after(tmp_path):
+    ref = json.loads((CASE / "reference_interventions.json").read_text())
+    run = next(r for r in ref["runs"] if r["name"] == "zero_all_three")
+    sets = [f"{layer}:{pos}:{feat}={value}" for layer, pos, feat, value in run["interventions"]]
+    out = tmp_path / "iv.json"
+    argv = ["intervene", "--model", str(CASE / "model"), "--transcoders", str(CASE / "transcoders"),
+            "--prompt", PROMPT, "--json", str(out), "--generate", "3"]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["after"][0]["id"] == run["top5"][0][0]
+    assert doc["before"][0]["id"] == ref["clean"]["top5"][0][0]
+    assert len(doc["interventions"]) == 3 and doc["generated_steered"]
+
+
+@pytest.mark.parametrize("spec, message", [("1:2:3", "LAYER:POS:FEATURE=VALUE"), ("1:2:3=x", "not a number"),
+                                           ("1:99:3=0", "outside the prompt"), ("1:2:9999=0", "out of range")])
+def test_intervene_bad_input(tmp_path, capsys, spec, message):
+    argv = ["intervene", "--model", str(CASE / "model"), "--transcoders", str(CASE / "transcoders"),
+            "--prompt", PROMPT, "--json", str(tmp_path / "iv.json"), "--set", spec]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "iv.json").exists()
