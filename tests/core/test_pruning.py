@@ -286,3 +286,33 @@ def test_parity_with_circuit_tracer(case):
     replacement, completeness = graph_scores(g)
     assert replacement == pytest.approx(expected["replacement_score"], abs=1e-5)
     assert completeness == pytest.approx(expected["completeness_score"], abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_and_dense_edge_scores_prune_alike(seed, monkeypatch):
+    """Sparse graphs take the edge-list path, dense ones the matrix path: same masks either way."""
+    from circuit_studio.core import pruning
+
+    rng = np.random.default_rng(100 + seed)
+    g = random_graph(rng, n_layers=4, n_feat=300, density=0.03)
+    monkeypatch.setattr(pruning, "SPARSE_FRACTION", 0.0)
+    dense = Pruner(g)
+    monkeypatch.setattr(pruning, "SPARSE_FRACTION", 1.0)
+    sparse = Pruner(g)
+    assert dense._entries is None and sparse._entries is not None
+    for nt, et in THRESHOLD_PAIRS:
+        a, b = dense.prune(nt, et), sparse.prune(nt, et)
+        np.testing.assert_array_equal(a.node_mask, b.node_mask)
+        np.testing.assert_array_equal(a.edge_targets, b.edge_targets)
+        np.testing.assert_array_equal(a.edge_sources, b.edge_sources)
+
+
+def test_layered_influence_equals_power_iteration():
+    from circuit_studio.core.pruning import _layer_blocks, _layered_influence, normalize_matrix
+
+    g = random_graph(np.random.default_rng(7), n_layers=4, n_feat=200, density=0.4)
+    blocks = _layer_blocks(g)
+    assert blocks is not None
+    a = normalize_matrix(g.adjacency_matrix)
+    fast = _layered_influence(a, g.logit_weights(), blocks, slice(g.token_offset, g.logit_offset))
+    np.testing.assert_allclose(fast, compute_influence(a, g.logit_weights()), rtol=1e-5, atol=1e-7)

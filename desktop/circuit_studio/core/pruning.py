@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,26 +47,48 @@ class InfluenceDidNotConverge(CircuitStudioError, RuntimeError):
 
 @dataclass(frozen=True, eq=False)
 class PruneResult:
-    """What survives pruning. N = graph.n_nodes; arrays are read-only."""
+    """What survives pruning. N = graph.n_nodes; arrays are read-only.
+
+    Kept edges are index arrays (a few thousand of N² entries); `edge_mask` builds the dense
+    [N, N] mask of circuit-tracer's `prune_graph` when asked for it.
+    """
 
     node_mask: np.ndarray  # bool [N] kept nodes (tokens and logits always)
-    edge_mask: np.ndarray  # bool [N, N] kept edges, [target, source] like the adjacency matrix
+    edge_targets: np.ndarray  # int64 [E] kept edges, row-major (target, source) order
+    edge_sources: np.ndarray  # int64 [E]
     cumulative_scores: np.ndarray  # float32 [N] place on the cumulative-influence curve (JSON `influence`)
     node_influence: np.ndarray  # float32 [N] influence on the logits (logits' own weight excluded)
     node_threshold: float
     edge_threshold: float
     node_cut: float  # influence a node needed (before the clean-up)
     edge_cut: float  # edge score an edge needed
+    all_entries: bool = False  # the cut fell into the zeros: the reference keeps every (non-)edge
 
     @property
     def n_nodes(self) -> int:
         return int(self.node_mask.sum())
 
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_targets.size)
+
+    @cached_property
+    def edge_mask(self) -> np.ndarray:
+        """bool [N, N] kept edges, [target, source] like the adjacency matrix."""
+        n = self.node_mask.size
+        if self.all_entries:
+            mask = np.ones((n, n), dtype=bool)
+            mask[~self.node_mask] = False
+            mask[:, ~self.node_mask] = False
+        else:
+            mask = np.zeros((n, n), dtype=bool)
+            mask[self.edge_targets, self.edge_sources] = True
+        mask.flags.writeable = False
+        return mask
+
     def kept_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """(targets, sources) int64 [E] of kept edges between kept nodes, row-major (target, source)."""
-        kept = np.flatnonzero(self.node_mask)
-        t, s = np.nonzero(self.edge_mask[np.ix_(kept, kept)])
-        return kept[t], kept[s]
+        return self.edge_targets, self.edge_sources
 
 
 # ---- the reference's building blocks ----
@@ -155,7 +178,8 @@ def _check_threshold(name: str, value: float) -> None:
 
 
 def _clean_up(edge_mask: np.ndarray, node_mask: np.ndarray, n_feature: int, n_feature_or_error: int) -> None:
-    """The reference's fixed-point loop, in place. Nodes are ordered features, errors, then the rest."""
+    """The reference's fixed-point loop on a dense mask, in place (only for the all-entries case).
+    Nodes are ordered features, errors, then the rest."""
 
     def require_edges() -> None:
         node_mask[:n_feature_or_error] &= edge_mask[:, :n_feature_or_error].any(axis=0)  # outgoing
@@ -171,30 +195,88 @@ def _clean_up(edge_mask: np.ndarray, node_mask: np.ndarray, n_feature: int, n_fe
         require_edges()
 
 
+def _clean_up_edges(t: np.ndarray, s: np.ndarray, n: int, n_feature: int,
+                    n_feature_or_error: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same fixed point on an edge list over n nodes: (node_mask [n], t, s) of what stays."""
+    node_mask = np.ones(n, dtype=bool)
+
+    def require_edges() -> None:
+        node_mask[:n_feature_or_error] &= np.bincount(s, minlength=n)[:n_feature_or_error] > 0
+        node_mask[:n_feature] &= np.bincount(t, minlength=n)[:n_feature] > 0
+
+    old = node_mask.copy()
+    require_edges()
+    while not np.array_equal(node_mask, old):
+        old[:] = node_mask
+        keep = node_mask[t] & node_mask[s]
+        t, s = t[keep], s[keep]
+        require_edges()
+    return node_mask, t, s
+
+
+def _layer_blocks(graph: AttributionGraph) -> list[tuple[int, int, int, int]] | None:
+    """Column blocks [(f0, f1, e0, e1)] per layer, deepest first, when every edge goes from a lower
+    layer to a higher one (true of attribution graphs: MLPs are cut, so a source never feeds a
+    target in its own layer or below). None when the matrix breaks that order (hand-made graphs).
+
+    Nodes of one layer are two contiguous runs: its features and its errors (the graph's order)."""
+    layers = graph.node_layers()
+    feats = layers[: graph.error_offset]
+    A = graph.adjacency_matrix
+    blocks = []
+    for layer in range(graph.n_layers - 1, -1, -1):
+        f0, f1 = np.searchsorted(feats, [layer, layer + 1])
+        e0 = graph.error_offset + layer * graph.n_pos
+        blocks.append((int(f0), int(f1), e0, e0 + graph.n_pos))
+        # rows that may be non-zero and must not feed this layer: features of this layer and below
+        if f1 > f0 and (A[:f1, f0:f1].any() or A[:f1, e0:e0 + graph.n_pos].any()):
+            return None
+    return blocks
+
+
+def _layered_influence(a_norm: np.ndarray, weights: np.ndarray, blocks, rest: slice) -> np.ndarray:
+    """Σ_{k≥1} w·Âᵏ in one pass over Â, deepest layer first: a node's influence is final once every
+    node it feeds (all in higher layers) has its own. `rest` = columns below every layer (tokens)."""
+    mass = np.asarray(weights, dtype=np.float32).copy()  # w + influence, filled top down
+    influence = np.zeros_like(mass)
+    for f0, f1, e0, e1 in blocks:
+        for c0, c1 in ((f0, f1), (e0, e1)):
+            if c1 > c0:
+                influence[c0:c1] = mass @ a_norm[:, c0:c1]
+                mass[c0:c1] += influence[c0:c1]
+    influence[rest] = mass @ a_norm[:, rest]
+    return influence
+
+
 @dataclass(frozen=True, eq=False)
 class _EdgeState:
-    """Edge scores for one node mask (identified by its node cut)."""
+    """Edge scores for one node mask (identified by its node cut), as a sparse list sorted by score."""
 
     node_cut: float
     kept: np.ndarray  # int64 [K] node indices, ascending
-    scores: np.ndarray  # float32 [K, K] edge scores on the kept submatrix
+    targets: np.ndarray  # int64 [nnz] submatrix rows of the non-zero scores, score descending
+    sources: np.ndarray  # int64 [nnz]
     sorted_desc: np.ndarray  # float32 [nnz] non-zero scores, descending
     cumulative: np.ndarray  # float32 [nnz]
+
+
+SPARSE_FRACTION = 0.02  # below this share of non-zero entries, edge scores are computed on a list
 
 
 class Pruner:
     """Prunes one graph at any thresholds, computing the threshold-independent parts once.
 
-    Construction normalises A once and runs one influence pass. `prune()` works on the kept-node
-    submatrix and keeps the last edge scores, so moving only the edge threshold costs one
-    comparison over that submatrix plus the clean-up. Safe to call from several threads.
+    Construction normalises A once and runs one influence pass. The edge scores of a node cut are
+    kept as a sorted list of the non-zero scores, so moving the edge threshold is a prefix of that
+    list plus a clean-up on the edge list. Safe to call from several threads.
     """
 
     def __init__(self, graph: AttributionGraph) -> None:
         self.graph = graph
         self._weights = graph.logit_weights()  # float32 [N]
+        self._blocks = _layer_blocks(graph)
         a_norm = normalize_matrix(graph.adjacency_matrix)  # float32 [N, N], dropped after __init__
-        influence = compute_influence(a_norm, self._weights)
+        influence = self._influence(a_norm, self._weights, graph)
         # Σ over error columns of Â, per row: completeness needs it and it is all it needs of Â.
         self._error_share = a_norm[:, graph.error_offset:graph.token_offset].sum(axis=1, dtype=np.float32)
         del a_norm
@@ -208,6 +290,25 @@ class Pruner:
         self.cumulative_scores = cumulative  # float32 [N]
         self._edge_state: _EdgeState | None = None
         self._lock = threading.Lock()
+        # A sparse graph keeps its non-zero entries as a list: the edge scores of a node cut then cost
+        # O(non-zeros) instead of O(K²). Real attribution graphs are dense-ish and take the matrix path.
+        self._entries = None
+        if self._blocks is not None:
+            rows, cols = np.nonzero(graph.adjacency_matrix)
+            if rows.size < SPARSE_FRACTION * graph.n_nodes ** 2:
+                self._entries = (rows, cols, np.abs(graph.adjacency_matrix[rows, cols]))
+
+    def _influence(self, a_norm: np.ndarray, weights: np.ndarray, graph: AttributionGraph,
+                   kept: np.ndarray | None = None) -> np.ndarray:
+        """Node influence on the full matrix or on the submatrix of `kept` nodes."""
+        if self._blocks is None:
+            return compute_influence(a_norm, weights)
+        if kept is None:
+            return _layered_influence(a_norm, weights, self._blocks, slice(graph.token_offset, graph.logit_offset))
+        # the same blocks in submatrix coordinates (kept is ascending, so runs stay runs)
+        blocks = [tuple(int(x) for x in np.searchsorted(kept, [f0, f1, e0, e1])) for f0, f1, e0, e1 in self._blocks]
+        t0, t1 = np.searchsorted(kept, [graph.token_offset, graph.logit_offset])
+        return _layered_influence(a_norm, weights, blocks, slice(int(t0), int(t1)))
 
     def node_mask_before_cleanup(self, node_threshold: float) -> tuple[np.ndarray, float]:
         """(bool [N], cut): nodes with influence ≥ cut, plus all tokens and logits (steps 2-3)."""
@@ -222,15 +323,53 @@ class Pruner:
             state = self._edge_state
             if state is None or state.node_cut != node_cut:
                 kept = np.flatnonzero(node_mask)
-                scores = np.abs(self.graph.adjacency_matrix[np.ix_(kept, kept)])  # float32 [K, K]
-                _normalize_rows(scores)
-                weights = self._weights[kept]
-                target_weight = compute_influence(scores, weights) + weights
-                scores *= target_weight[:, None]
-                desc, cumulative = _sorted_nonzero(scores)
-                state = _EdgeState(node_cut, kept, scores, desc, cumulative)
+                if self._entries is not None:
+                    t, s, values = self._sparse_scores(kept)
+                else:
+                    t, s, values = self._dense_scores(kept)
+                order = np.argsort(-values, kind="stable")
+                desc = values[order]
+                state = _EdgeState(node_cut, kept, t[order], s[order], desc, _cumulative(desc))
                 self._edge_state = state
             return state
+
+    def _dense_scores(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(targets, sources, scores) of the non-zero edge scores on the kept submatrix, row-major."""
+        scores = np.abs(self.graph.adjacency_matrix[np.ix_(kept, kept)])  # float32 [K, K]
+        _normalize_rows(scores)
+        weights = self._weights[kept]
+        scores *= (self._influence(scores, weights, self.graph, kept) + weights)[:, None]
+        flat = np.flatnonzero(scores > 0)
+        t, s = np.divmod(flat, kept.size)
+        return t, s, scores.ravel()[flat]
+
+    def _sparse_scores(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `_dense_scores`, from the list of non-zero entries (same arithmetic, entry by entry)."""
+        rows, cols, values = self._entries
+        index = np.full(self.graph.n_nodes, -1, dtype=np.int64)
+        index[kept] = np.arange(kept.size)
+        inside = (index[rows] >= 0) & (index[cols] >= 0)
+        t, s, v = index[rows[inside]], index[cols[inside]], values[inside]
+        sums = np.zeros(kept.size, dtype=np.float32)
+        np.add.at(sums, t, v)
+        np.maximum(sums, _ROW_SUM_FLOOR, out=sums)
+        v = v / sums[t]
+        weights = self._weights[kept]
+        mass = weights.astype(np.float32).copy()
+        influence = np.zeros(kept.size, dtype=np.float32)
+        # deepest layer first, as `_layered_influence`: a column's influence is final once its
+        # targets (all in higher layers) have theirs
+        layer_of = self.graph.node_layers()[kept]
+        for layer in sorted(np.unique(layer_of).tolist(), reverse=True):
+            cols_here = layer_of == layer
+            pick = cols_here[s]
+            add = np.bincount(s[pick], weights=(mass[t[pick]] * v[pick]).astype(np.float64),
+                              minlength=kept.size).astype(np.float32)
+            influence[cols_here] = add[cols_here]
+            mass[cols_here] += influence[cols_here]
+        v = (v * (influence + weights)[t]).astype(np.float32)
+        positive = v > 0
+        return t[positive], s[positive], v[positive]
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
         _check_threshold("node_threshold", node_threshold)
@@ -240,33 +379,40 @@ class Pruner:
         node_mask, node_cut = self.node_mask_before_cleanup(node_threshold)
         state = self._edges_for(node_mask, node_cut)
         edge_cut = _cut(state.sorted_desc, state.cumulative, n * n, edge_threshold)
+        kept = state.kept
         if edge_cut > 0:
-            # Edges touching dropped nodes score 0, so everything happens inside the submatrix.
-            kept = state.kept
-            sub_edges = state.scores >= edge_cut  # bool [K, K]
-            sub_nodes = np.ones(kept.size, dtype=bool)
-            _clean_up(sub_edges, sub_nodes,
-                      int(np.searchsorted(kept, g.error_offset)), int(np.searchsorted(kept, g.token_offset)))
+            # Edges touching dropped nodes score 0, so everything happens inside the submatrix;
+            # the kept edges are the prefix of the sorted list down to the cut (ties included).
+            k = int(np.searchsorted(-state.sorted_desc, -edge_cut, side="right"))
+            sub_nodes, t, s = _clean_up_edges(state.targets[:k], state.sources[:k], kept.size,
+                                              int(np.searchsorted(kept, g.error_offset)),
+                                              int(np.searchsorted(kept, g.token_offset)))
             node_mask = np.zeros(n, dtype=bool)
             node_mask[kept[sub_nodes]] = True
-            edge_mask = np.zeros((n, n), dtype=bool)
-            t, s = np.nonzero(sub_edges)
-            edge_mask[kept[t], kept[s]] = True
+            order = np.lexsort((s, t))
+            targets, sources = kept[t[order]], kept[s[order]]
+            all_entries = False
         else:
             # The cut fell into the zeros: the reference keeps every entry, even between dropped nodes.
             edge_mask = np.ones((n, n), dtype=bool)
             _clean_up(edge_mask, node_mask, g.error_offset, g.token_offset)
-        node_mask.flags.writeable = False
-        edge_mask.flags.writeable = False
-        return PruneResult(node_mask, edge_mask, self.cumulative_scores, self.node_influence,
-                           float(node_threshold), float(edge_threshold), node_cut, float(edge_cut))
+            sub = edge_mask[np.ix_(node_mask, node_mask)]  # zero-weight entries too, as the reference lists them
+            idx = np.flatnonzero(node_mask)
+            t, s = np.nonzero(sub)
+            targets, sources = idx[t], idx[s]
+            all_entries = True
+        for a in (node_mask, targets, sources):
+            a.flags.writeable = False
+        return PruneResult(node_mask, targets.astype(np.int64), sources.astype(np.int64), self.cumulative_scores,
+                           self.node_influence, float(node_threshold), float(edge_threshold), node_cut,
+                           float(edge_cut), all_entries)
 
     def edge_scores(self, node_threshold: float = 0.8) -> np.ndarray:
         """float32 [N, N] edge scores after the node cut (dense; for diagnostics and tests)."""
         node_mask, node_cut = self.node_mask_before_cleanup(node_threshold)
         state = self._edges_for(node_mask, node_cut)
         out = np.zeros((self.graph.n_nodes,) * 2, dtype=np.float32)
-        out[np.ix_(state.kept, state.kept)] = state.scores
+        out[state.kept[state.targets], state.kept[state.sources]] = state.sorted_desc
         return out
 
     def graph_scores(self) -> tuple[float, float]:

@@ -1,0 +1,281 @@
+"""The main window: prompt bar, graph canvas, panes as dock widgets, menus and status bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
+                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
+
+from ..core.progress import Progress
+from .controller import Controller
+from .feature_pane import FeaturePane
+from .graph_canvas import GraphCanvas
+from .jobs import JobError
+from .model_dialog import ModelDialog
+from .node_connections import NodeConnectionsPane
+from .subgraph_pane import SubgraphPane
+
+MAX_RECENT = 8
+
+
+class PromptBar(QWidget):
+    """The prompt (editable, with the curated prompts in its list), Trace / Cancel and the job's progress."""
+
+    def __init__(self, controller: Controller, parent=None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.prompt = QComboBox()
+        self.prompt.setEditable(True)
+        self.prompt.setInsertPolicy(QComboBox.NoInsert)
+        self.prompt.lineEdit().setPlaceholderText("Type a prompt to trace, or pick one of the demo's")
+        self.prompt.lineEdit().returnPressed.connect(self.trace)
+        self.trace_button = QPushButton("Trace")
+        self.trace_button.setDefault(True)
+        self.trace_button.clicked.connect(self.trace)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(controller.cancel)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("Idle")
+        self.progress.setValue(0)
+        self.progress.setMaximumWidth(260)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(6, 6, 6, 2)
+        row.addWidget(QLabel("Prompt"))
+        row.addWidget(self.prompt, 1)
+        row.addWidget(self.trace_button)
+        row.addWidget(self.cancel_button)
+        row.addWidget(self.progress)
+        jobs = controller.jobs
+        jobs.busy_changed.connect(self._busy)
+        jobs.started.connect(lambda name: self._show(Progress(name, 0, 0)))
+        jobs.progress.connect(lambda name, p: self._show(p))
+        jobs.finished.connect(lambda name, _: self._idle(f"{name}: done"))
+        jobs.failed.connect(lambda name, _: self._idle(f"{name}: failed"))
+        jobs.cancelled.connect(lambda name: self._idle(f"{name}: cancelled"))
+        controller.model_changed.connect(self.refresh_prompts)
+
+    def refresh_prompts(self) -> None:
+        text = self.prompt.currentText()
+        self.prompt.clear()
+        for p in self.controller.curated:
+            self.prompt.addItem(p.prompt, p)
+            self.prompt.setItemData(self.prompt.count() - 1, f"{p.behaviour}: expected {p.answer!r}",
+                                    Qt.ToolTipRole)
+        self.prompt.setEditText(text or (self.controller.curated[0].prompt if self.controller.curated else ""))
+
+    def trace(self) -> None:
+        self.controller.trace(self.prompt.currentText())
+
+    def _busy(self, busy: bool) -> None:
+        self.cancel_button.setEnabled(busy)
+        self.trace_button.setEnabled(not busy)
+
+    def _show(self, p: Progress) -> None:
+        self.progress.setMaximum(max(p.total, 0))
+        self.progress.setValue(p.done)
+        self.progress.setFormat(f"{p.phase} {p.done}/{p.total}" if p.total else p.phase)
+
+    def _idle(self, text: str) -> None:
+        self.progress.setMaximum(1)
+        self.progress.setValue(0)
+        self.progress.setFormat(text)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, controller: Controller | None = None, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.controller = controller or Controller(self)
+        self.settings = settings or QSettings("Circuit Studio", "Circuit Studio")
+        self.setWindowTitle("Circuit Studio")
+        self.resize(1500, 900)
+        self.prompt_bar = PromptBar(self.controller)
+        self.canvas = GraphCanvas(self.controller)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.prompt_bar)
+        layout.addWidget(self.canvas, 1)
+        self.setCentralWidget(central)
+        self.connections = NodeConnectionsPane(self.controller)
+        self.features = FeaturePane(self.controller)
+        self.subgraph = SubgraphPane(self.controller)
+        self.docks = {
+            "connections": self._dock("Node connections", self.connections, Qt.RightDockWidgetArea),
+            "features": self._dock("Feature detail", self.features, Qt.RightDockWidgetArea),
+            "subgraph": self._dock("Subgraph", self.subgraph, Qt.BottomDockWidgetArea),
+        }
+        self._default_state = self.saveState()
+        self.device_label = QLabel()
+        self.loaded_label = QLabel()
+        self.statusBar().addPermanentWidget(self.loaded_label)
+        self.statusBar().addPermanentWidget(self.device_label)
+        self._menus()
+        c = self.controller
+        c.model_changed.connect(self._update_status)
+        c.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        c.error.connect(self.show_error)
+        self._update_status()
+        self._restore()
+
+    # ---- construction ----
+    def _dock(self, title: str, widget: QWidget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title.replace(" ", "_"))
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        return action
+
+    def _menus(self) -> None:
+        file = self.menuBar().addMenu("&File")
+        self._action(file, "Open &demo", self.open_demo)
+        self._action(file, "Open &model folder…", self.open_model, QKeySequence.Open)
+        self._action(file, "Open &transcoder folder…", self.open_transcoders)
+        self._action(file, "Open feature &index…", self.open_index)
+        self.recent_menu = file.addMenu("&Recent")
+        self._fill_recent()
+        file.addSeparator()
+        self._action(file, "&Export graph JSON…", self.export_json)
+        self._action(file, "Export canvas as &SVG…", self.export_svg)
+        self._action(file, "Export canvas as &PNG…", self.export_png)
+        file.addSeparator()
+        self._action(file, "&Quit", self.close, QKeySequence.Quit)
+        view = self.menuBar().addMenu("&View")
+        for dock in self.docks.values():
+            view.addAction(dock.toggleViewAction())
+        view.addSeparator()
+        self._action(view, "&Reset layout", self.reset_layout)
+        help_menu = self.menuBar().addMenu("&Help")
+        self._action(help_menu, "&About Circuit Studio", self._about)
+
+    # ---- actions ----
+    def open_demo(self) -> None:
+        self.controller.open_demo(on_done=self._after_demo)
+
+    def _after_demo(self) -> None:
+        self.prompt_bar.refresh_prompts()
+
+    def open_model(self) -> None:
+        recent = self._recent()
+        dialog = ModelDialog(self, *(recent[0] if recent else ("", "")))
+        if dialog.exec():
+            self.load(dialog.model_folder, dialog.transcoder_folder)
+
+    def load(self, model: str, transcoders: str = "") -> None:
+        self._remember(model, transcoders)
+        after = (lambda: self.controller.load_transcoders(transcoders)) if transcoders else None
+        self.controller.curated = []
+        self.controller.load_model(model, on_done=after)
+
+    def open_transcoders(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Transcoder folder")
+        if folder:
+            self.controller.load_transcoders(folder)
+
+    def open_index(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Feature index", "", "Feature index (*.sqlite *.db)")
+        if path:
+            self.controller.open_feature_index(path)
+
+    def export_json(self) -> None:
+        analysis = self.controller.analysis
+        if analysis is None:
+            self.show_error("Nothing to export", JobError("Trace a prompt first.", "", ""))
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export graph JSON", "graph.json", "JSON (*.json)")
+        if path:
+            from ..core.export import write_frontend_json
+
+            try:
+                write_frontend_json(path, analysis.graph, analysis.pruned, slug=Path(path).stem)
+            except Exception as e:  # noqa: BLE001 - shown to the user, the window stays usable
+                self.show_error("Export failed", JobError(str(e), "", ""))
+
+    def export_svg(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export canvas", "graph.svg", "SVG (*.svg)")
+        if path:
+            self.canvas.render_svg(path)
+
+    def export_png(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export canvas", "graph.png", "PNG (*.png)")
+        if path:
+            self.canvas.grab().save(path)
+
+    def reset_layout(self) -> None:
+        self.restoreState(self._default_state)
+        for dock in self.docks.values():
+            dock.show()
+
+    def show_error(self, title: str, error: JobError) -> None:
+        box = QMessageBox(QMessageBox.Warning, title, error.message, QMessageBox.Ok, self)
+        box.setInformativeText(error.hint)
+        if error.details:
+            box.setDetailedText(error.details)
+        box.open()  # not exec(): the window (and its jobs) keep running
+        self.last_error = box
+
+    def _about(self) -> None:
+        from .. import __version__
+
+        QMessageBox.about(self, "Circuit Studio", f"Circuit Studio {__version__}\nAttribution graphs for local "
+                                                  "language models and their transcoders.")
+
+    # ---- status and settings ----
+    def _update_status(self) -> None:
+        import torch
+
+        c = self.controller
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+        self.device_label.setText(f"  Device: {device}  ")
+        parts = []
+        if c.bundle is not None:
+            parts.append(f"Model: {c.bundle.name} ({c.bundle.summary.n_layers} layers)")
+        if c.transcoders is not None:
+            parts.append(f"Transcoders: {c.transcoders.scan or '?'} ({c.transcoders.activation_name}, "
+                         f"{c.transcoders.n_features}/layer)")
+        if c.feature_index is not None:
+            parts.append("Feature index loaded")
+        self.loaded_label.setText("  ·  ".join(parts) or "Nothing loaded: File ▸ Open demo")
+
+    def _recent(self) -> list[tuple[str, str]]:
+        items = self.settings.value("recent", []) or []
+        return [tuple(x.split("\n", 1)) if "\n" in x else (x, "") for x in items]
+
+    def _remember(self, model: str, transcoders: str) -> None:
+        entry = f"{model}\n{transcoders}"
+        items = [x for x in (self.settings.value("recent", []) or []) if x != entry]
+        self.settings.setValue("recent", [entry, *items][:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for model, transcoders in self._recent():
+            action = self.recent_menu.addAction(f"{Path(model).name}  +  {Path(transcoders).name or '—'}")
+            action.triggered.connect(lambda _=False, m=model, t=transcoders: self.load(m, t))
+        self.recent_menu.setEnabled(bool(self.recent_menu.actions()))
+
+    def _restore(self) -> None:
+        geometry, state = self.settings.value("geometry"), self.settings.value("windowState")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is not None:
+            self.restoreState(state)
+
+    def closeEvent(self, event) -> None:
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("windowState", self.saveState())
+        self.controller.shutdown()
+        super().closeEvent(event)

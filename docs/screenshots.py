@@ -1,0 +1,73 @@
+"""Grab the window on each curated demo prompt into docs/screenshots/ (offscreen, reproducible).
+
+For each prompt: trace it, select the most influential feature, pin the three most influential
+features and group two of them, then save the whole window.
+
+    QT_QPA_PLATFORM=offscreen python docs/screenshots.py [--out docs/screenshots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
+
+from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from circuit_studio.ui.main_window import MainWindow  # noqa: E402
+
+
+def wait(app: QApplication, condition, timeout_s: float = 300.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout_s
+    while not condition():
+        app.processEvents()
+        if time.monotonic() > end:
+            raise TimeoutError("timed out waiting for the window")
+        time.sleep(0.01)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "screenshots")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication([])
+    settings = QSettings(str(args.out / ".settings.ini"), QSettings.IniFormat)  # not the user's settings
+    window = MainWindow(settings=settings)
+    window.resize(1600, 1000)
+    window.show()
+    c = window.controller
+    c.open_demo()
+    wait(app, lambda: c.transcoders is not None and not c.jobs.busy)
+    for item in c.curated:
+        c.trace(item.prompt)
+        wait(app, lambda: not c.jobs.busy)
+        analysis = c.analysis
+        features = [int(n) for n in analysis.pruned.node_mask.nonzero()[0] if n < analysis.graph.error_offset]
+        features.sort(key=lambda n: -analysis.pruner.node_influence[n])
+        for n in features[:3]:
+            analysis.toggle_pin(n)
+        if len(features) >= 2:
+            analysis.group(features[:2])
+        if features:
+            analysis.select(features[0])
+        for _ in range(20):
+            app.processEvents()
+        name = re.sub(r"[^a-z0-9]+", "_", item.behaviour.lower()).strip("_") or "prompt"
+        window.grab().save(str(args.out / f"{name}.png"))
+        print(f"{name}.png  {item.prompt!r}")
+    (args.out / ".settings.ini").unlink(missing_ok=True)
+    window.close()
+
+
+if __name__ == "__main__":
+    main()
