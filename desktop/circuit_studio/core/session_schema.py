@@ -1,0 +1,180 @@
+"""The `.cs-session` file format: SQLite tables (SQLAlchemy Core), their versions and migrations.
+
+A session file is one SQLite database (`PRAGMA application_id` = 0x43537353, "CSsS";
+`PRAGMA user_version` = the schema version). The `meta` table is a key/value table whose shape
+never changes, so any version of the app can read it before anything else:
+
+    meta(key TEXT PRIMARY KEY, value TEXT)
+        format          "circuit-studio-session"
+        schema_version  "2" (this module's SCHEMA_VERSION)
+        app_version     circuit_studio.__version__ of the writer
+        created, saved  ISO 8601 times (the session's creation; this save)
+        digest          sha256 over every other row of every table (see `session_store`), so a
+                        damaged cell is reported instead of loaded
+
+Schema version 2 (current):
+
+    sources(role PK: "model" | "transcoders", path, content_hash, summary JSON)
+    session(id PK = 1, notes, current_graph NULL, settings JSON, window_state BLOB NULL)
+    graphs(id PK, seq, created, prompt, model_name, transcoder_name, n_layers, vocab_size,
+           token_strings JSON, logit_tokens JSON, params JSON, provenance JSON,
+           node_threshold, edge_threshold, selected NULL, view_x0/x1/y0/y1 NULL,
+           title, notes)                                      <- title, notes: new in v2
+    graph_arrays(graph_id, name) PK: dtype (numpy dtype.str, e.g. "<f4"), shape JSON,
+           encoding ("raw" | "nonzero"), nbytes (payload bytes), n_chunks
+    array_chunks(graph_id, name, seq) PK: crc32, data BLOB    (payload split in <= 512 MiB chunks)
+    pins(graph_id, seq) PK: node                              (pinning order = seq)
+    supernodes(graph_id, id) PK: seq, name, members JSON      (node indices, in order)
+    labels(layer, feature) PK: label                          (session-wide feature labels)
+    interventions(graph_id, id) PK: seq, created, specs JSON, options JSON, top_before JSON,
+           top_after JSON, extra JSON
+
+Array payloads: "raw" is the C-order bytes. "nonzero" (used for the adjacency matrix) is lossless
+and compact: a 16-byte header (two little-endian uint64: length of the compressed mask, number of
+stored values), the zlib-compressed bit mask (`np.packbits`, C order) of the entries whose *bits*
+are not all zero (so -0.0 and NaN payloads survive), zero padding to 8 bytes, then those entries'
+raw values in C order. Each chunk carries its zlib.crc32.
+
+Changes from version 1: `graphs.title` and `graphs.notes` (a per-graph title and notes).
+
+Migrations: `MIGRATIONS[v]` turns a version-v database into version v+1 in place; the store applies
+them to an in-memory copy, never to the user's file. When changing the schema: freeze the current
+tables as `_tables_vN` (keep them unchanged forever), bump SCHEMA_VERSION, add `migrate_N_to_N+1`
+and a fixture written by the old version (see tests/fixtures/sessions/make_v1.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import sqlalchemy as sa
+
+FORMAT_NAME = "circuit-studio-session"
+APPLICATION_ID = 0x43537353  # "CSsS", in the SQLite header at offset 68
+SCHEMA_VERSION = 2
+ADJACENCY_ENCODING = "nonzero"
+CHUNK_BYTES = 512 << 20  # below SQLite's default 1e9-byte limit on one value
+
+
+def _common_tables(md: sa.MetaData) -> None:
+    """Tables identical in versions 1 and 2."""
+    sa.Table("meta", md,
+             sa.Column("key", sa.Text, primary_key=True),
+             sa.Column("value", sa.Text, nullable=False))
+    sa.Table("sources", md,
+             sa.Column("role", sa.Text, sa.CheckConstraint("role IN ('model', 'transcoders')"), primary_key=True),
+             sa.Column("path", sa.Text, nullable=False),
+             sa.Column("content_hash", sa.Text, nullable=False),
+             sa.Column("summary", sa.JSON, nullable=False))
+    sa.Table("session", md,
+             sa.Column("id", sa.Integer, sa.CheckConstraint("id = 1"), primary_key=True),
+             sa.Column("notes", sa.Text, nullable=False),
+             sa.Column("current_graph", sa.Integer, nullable=True),
+             sa.Column("settings", sa.JSON, nullable=False),
+             sa.Column("window_state", sa.LargeBinary, nullable=True))
+    sa.Table("graph_arrays", md,
+             sa.Column("graph_id", sa.Integer, sa.ForeignKey("graphs.id", ondelete="CASCADE"), primary_key=True),
+             sa.Column("name", sa.Text, primary_key=True),
+             sa.Column("dtype", sa.Text, nullable=False),
+             sa.Column("shape", sa.JSON, nullable=False),
+             sa.Column("encoding", sa.Text, nullable=False),
+             sa.Column("nbytes", sa.Integer, nullable=False),
+             sa.Column("n_chunks", sa.Integer, nullable=False))
+    sa.Table("array_chunks", md,
+             sa.Column("graph_id", sa.Integer, primary_key=True),
+             sa.Column("name", sa.Text, primary_key=True),
+             sa.Column("seq", sa.Integer, primary_key=True),
+             sa.Column("crc32", sa.Integer, nullable=False),
+             sa.Column("data", sa.LargeBinary, nullable=False),
+             sa.ForeignKeyConstraint(["graph_id", "name"], ["graph_arrays.graph_id", "graph_arrays.name"],
+                                     ondelete="CASCADE"))
+    sa.Table("pins", md,
+             sa.Column("graph_id", sa.Integer, sa.ForeignKey("graphs.id", ondelete="CASCADE"), primary_key=True),
+             sa.Column("seq", sa.Integer, primary_key=True),
+             sa.Column("node", sa.Integer, nullable=False))
+    sa.Table("supernodes", md,
+             sa.Column("graph_id", sa.Integer, sa.ForeignKey("graphs.id", ondelete="CASCADE"), primary_key=True),
+             sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("seq", sa.Integer, nullable=False),
+             sa.Column("name", sa.Text, nullable=False),
+             sa.Column("members", sa.JSON, nullable=False))
+    sa.Table("labels", md,
+             sa.Column("layer", sa.Integer, primary_key=True),
+             sa.Column("feature", sa.Integer, primary_key=True),
+             sa.Column("label", sa.Text, nullable=False))
+    sa.Table("interventions", md,
+             sa.Column("graph_id", sa.Integer, sa.ForeignKey("graphs.id", ondelete="CASCADE"), primary_key=True),
+             sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("seq", sa.Integer, nullable=False),
+             sa.Column("created", sa.Text, nullable=False),
+             sa.Column("specs", sa.JSON, nullable=False),
+             sa.Column("options", sa.JSON, nullable=False),
+             sa.Column("top_before", sa.JSON, nullable=False),
+             sa.Column("top_after", sa.JSON, nullable=False),
+             sa.Column("extra", sa.JSON, nullable=False))
+
+
+def _graph_columns() -> list[sa.Column]:
+    return [
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("created", sa.Text, nullable=False),
+        sa.Column("prompt", sa.Text, nullable=False),
+        sa.Column("model_name", sa.Text, nullable=False),
+        sa.Column("transcoder_name", sa.Text, nullable=False),
+        sa.Column("n_layers", sa.Integer, nullable=False),
+        sa.Column("vocab_size", sa.Integer, nullable=False),
+        sa.Column("token_strings", sa.JSON, nullable=False),
+        sa.Column("logit_tokens", sa.JSON, nullable=False),
+        sa.Column("params", sa.JSON, nullable=False),
+        sa.Column("provenance", sa.JSON, nullable=False),
+        sa.Column("node_threshold", sa.Float, nullable=False),
+        sa.Column("edge_threshold", sa.Float, nullable=False),
+        sa.Column("selected", sa.Integer, nullable=True),
+        sa.Column("view_x0", sa.Float, nullable=True),
+        sa.Column("view_x1", sa.Float, nullable=True),
+        sa.Column("view_y0", sa.Float, nullable=True),
+        sa.Column("view_y1", sa.Float, nullable=True),
+    ]
+
+
+def _tables_v1() -> sa.MetaData:
+    """Schema version 1, frozen: never edit (old files and the v1 fixture were written with it)."""
+    md = sa.MetaData()
+    _common_tables(md)
+    sa.Table("graphs", md, *_graph_columns())
+    return md
+
+
+def _tables_v2() -> sa.MetaData:
+    md = sa.MetaData()
+    _common_tables(md)
+    sa.Table("graphs", md, *_graph_columns(),
+             sa.Column("title", sa.Text, nullable=False, server_default=""),
+             sa.Column("notes", sa.Text, nullable=False, server_default=""))
+    return md
+
+
+SCHEMA_V1 = _tables_v1()
+SCHEMA = _tables_v2()  # the current schema (version SCHEMA_VERSION)
+SCHEMAS = {1: SCHEMA_V1, 2: SCHEMA}
+
+# Tables and columns left out of the meta digest: the chunk data is covered by its crc32 column.
+DIGEST_SKIP_COLUMNS = {"array_chunks": {"data"}}
+
+
+def migrate_1_to_2(conn: sa.Connection) -> None:
+    """v2 adds a title and notes to each graph (both empty for old graphs)."""
+    conn.exec_driver_sql("ALTER TABLE graphs ADD COLUMN title TEXT NOT NULL DEFAULT ''")
+    conn.exec_driver_sql("ALTER TABLE graphs ADD COLUMN notes TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: migrate_1_to_2}
+
+
+def migrate(conn: sa.Connection, from_version: int) -> None:
+    """Bring a database of `from_version` up to SCHEMA_VERSION (in place: pass a copy)."""
+    for v in range(from_version, SCHEMA_VERSION):
+        MIGRATIONS[v](conn)
+        conn.execute(sa.text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(v + 1)})
+        conn.exec_driver_sql(f"PRAGMA user_version = {v + 1}")
