@@ -41,6 +41,17 @@ class Supernode:
 
 
 @dataclass(frozen=True)
+class AnalysisState:
+    """Everything undo can put back: thresholds, pins, supernodes and labels (not the selection)."""
+
+    node_threshold: float
+    edge_threshold: float
+    pinned: tuple[int, ...]
+    supernodes: tuple[Supernode, ...]
+    labels: tuple[tuple[tuple[int, int], str], ...]
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """What a view shows about one node."""
 
@@ -72,6 +83,7 @@ class Analysis:
         self.labels: dict[tuple[int, int], str] = dict(labels or {})
         self.auto_label = auto_label
         self._listeners: list[Callable[[Aspect], None]] = []
+        self._before_change: list[Callable[[str], None]] = []
         self.scores = self.pruner.graph_scores()  # (replacement, completeness) of the full graph
         self._kinds = graph.node_kinds()
         self._layers = graph.node_layers()
@@ -84,6 +96,31 @@ class Analysis:
     def _emit(self, aspect: Aspect) -> None:
         for listener in list(self._listeners):
             listener(aspect)
+
+    def subscribe_before_change(self, listener: Callable[[str], None]) -> None:
+        """`listener(description)` runs just before an undoable change (e.g. to snapshot `state()`)."""
+        self._before_change.append(listener)
+
+    def _will_change(self, description: str) -> None:
+        for listener in list(self._before_change):
+            listener(description)
+
+    # ---- snapshots (undo, sessions) ----
+    def state(self) -> AnalysisState:
+        return AnalysisState(self._node_threshold, self._edge_threshold, tuple(self.pinned),
+                             tuple(self.supernodes), tuple(sorted(self.labels.items())))
+
+    def restore(self, state: AnalysisState) -> None:
+        """Put a snapshot back (no before-change notice: restoring is not itself a change to undo)."""
+        if (state.node_threshold, state.edge_threshold) != (self._node_threshold, self._edge_threshold):
+            self._pruned = self.pruner.prune(state.node_threshold, state.edge_threshold)
+            self._node_threshold, self._edge_threshold = state.node_threshold, state.edge_threshold
+            self._emit(Aspect.PRUNING)
+        self.pinned[:] = list(state.pinned)
+        self.supernodes[:] = list(state.supernodes)
+        self.labels = dict(state.labels)
+        for aspect in (Aspect.PINS, Aspect.SUPERNODES, Aspect.LABELS):
+            self._emit(aspect)
 
     # ---- pruning ----
     @property
@@ -101,6 +138,7 @@ class Analysis:
     def set_thresholds(self, node_threshold: float, edge_threshold: float) -> None:
         if (node_threshold, edge_threshold) == (self._node_threshold, self._edge_threshold):
             return
+        self._will_change("Change thresholds")
         self._pruned = self.pruner.prune(node_threshold, edge_threshold)
         self._node_threshold, self._edge_threshold = node_threshold, edge_threshold
         self._emit(Aspect.PRUNING)
@@ -124,6 +162,7 @@ class Analysis:
 
     def toggle_pin(self, node: int) -> None:
         self._check_node(node)
+        self._will_change(f"{'Unpin' if node in self.pinned else 'Pin'} {self.label_of(node)}")
         if node in self.pinned:
             self.pinned.remove(node)
             self.supernodes = [replace(s, members=tuple(m for m in s.members if m != node))
@@ -137,6 +176,7 @@ class Analysis:
         self._emit(Aspect.PINS)
 
     def clear_pins(self) -> None:
+        self._will_change("Clear pins")
         self.pinned.clear()
         self.supernodes.clear()
         self._emit(Aspect.SUPERNODES)
@@ -154,6 +194,7 @@ class Analysis:
                 members.append(n)
         if len(members) < 2:
             raise ValueError("Select at least two nodes to group.")
+        self._will_change("Group nodes")
         absorbed = [s for s in self.supernodes if set(s.members) & set(members)]
         for s in absorbed:
             members += [m for m in s.members if m not in members]
@@ -165,10 +206,12 @@ class Analysis:
         return sn
 
     def rename_supernode(self, supernode_id: int, name: str) -> None:
+        self._will_change(f"Rename supernode to {name!r}")
         self.supernodes = [replace(s, name=name) if s.id == supernode_id else s for s in self.supernodes]
         self._emit(Aspect.SUPERNODES)
 
     def ungroup(self, supernode_id: int) -> None:
+        self._will_change("Ungroup supernode")
         self.supernodes = [s for s in self.supernodes if s.id != supernode_id]
         self._emit(Aspect.SUPERNODES)
 
@@ -202,6 +245,9 @@ class Analysis:
         key = self.feature_key(node)
         if key is None:
             raise ValueError("Only feature nodes carry labels.")
+        if self.labels.get(key, "") == label.strip():
+            return
+        self._will_change(f"Label {label.strip()!r}" if label.strip() else "Clear label")
         if label.strip():
             self.labels[key] = label.strip()
         else:
