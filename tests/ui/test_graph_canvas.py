@@ -307,3 +307,43 @@ def test_render_svg(tmp_path, canvas, analysis):
     assert text.lstrip().startswith("<?xml") and "<svg" in text
     assert text.count("<path") > 10  # edges and glyphs as vectors, not one bitmap
     assert "<image" not in text
+
+
+# ---- intervention effects ----
+
+def test_activation_change_rings(qtbot, canvas, controller, analysis):
+    """Rings on the feature nodes an intervention changed: blue down, orange up, only the shown ones beyond
+    the tolerance; the legend says what they mean; None (or a new graph) clears them."""
+    from PySide6.QtGui import QColor
+
+    feats = shown_of_kind(canvas, analysis, NodeKind.FEATURE)
+    hidden = int(np.flatnonzero(~analysis.pruned.node_mask[: analysis.graph.n_features])[0])
+    token = shown_of_kind(canvas, analysis, NodeKind.TOKEN)[0]
+    small = gc_module.CHANGE_TOLERANCE / 2
+    changes = {feats[0]: -1.0, feats[1]: 0.4, feats[2]: -0.1, feats[3]: small, hidden: 2.0, token: 1.0}
+    controller.set_intervention_changes(changes)  # how the intervention pane reaches the canvas
+    assert canvas.activation_rings() == {feats[0]: -1.0, feats[1]: 0.4, feats[2]: -0.1}
+    spots = canvas._change_rings.data
+    assert len(spots) == 3
+    colours = {QColor(p.color()).name() for p in spots["pen"]}
+    assert colours == {QColor(gc_module._CHANGE_DOWN).name(), QColor(gc_module._CHANGE_UP).name()}
+    widths = sorted(p.widthF() for p in spots["pen"])
+    assert widths[0] < widths[-1]  # a larger change draws a wider ring
+    assert canvas.ring_legend.isVisibleTo(canvas)
+    assert "ring: activation change after intervention" in canvas.ring_legend.text()
+    assert "1 hidden" in canvas.ring_legend.text()  # never silent about the changed features it cannot show
+    assert "1 more changed features are hidden by the thresholds" in canvas.ring_legend.toolTip()
+    assert "after intervention: activation -100% (off)" in canvas.tooltip_html(feats[0])
+    assert "after intervention" not in canvas.tooltip_html(shown_of_kind(canvas, analysis, NodeKind.LOGIT)[0])
+    image = canvas.plot.grab().toImage()  # the rings are drawn where the nodes are
+    assert image.pixelColor(0, 0).isValid()
+    # re-pruning keeps the rings on the nodes still shown
+    analysis.set_thresholds(analysis.node_threshold, analysis.edge_threshold - 0.01)
+    assert set(canvas.activation_rings()) == {n for n in (feats[0], feats[1], feats[2]) if n in
+                                              set(canvas.visible_nodes().tolist())}
+    controller.set_intervention_changes(None)
+    assert canvas.activation_rings() == {} and len(canvas._change_rings.data) == 0
+    assert not canvas.ring_legend.isVisibleTo(canvas)
+    controller.set_intervention_changes({feats[0]: -1.0})
+    controller.set_analysis(Analysis(analysis.graph))  # another graph: its nodes are other nodes
+    assert canvas.activation_rings() == {}

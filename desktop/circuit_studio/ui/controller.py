@@ -48,6 +48,9 @@ class Controller(QObject):
     aspect_changed = Signal(str)  # an Aspect of the current analysis changed
     error = Signal(str, object)  # title, JobError
     message = Signal(str)  # a short status-bar message
+    # after an intervention: {feature node: relative activation change (after − before) / |before|}, or None
+    intervention_changed = Signal(object)
+    intervention_changes: dict[int, float] | None = None  # the last one sent (for views created later)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -163,6 +166,12 @@ class Controller(QObject):
         if analysis is not None:
             analysis.subscribe(lambda aspect: self.aspect_changed.emit(aspect.value))
         self.analysis_changed.emit()
+
+    def set_intervention_changes(self, changes: dict[int, float] | None) -> None:
+        """Tell the views how each feature node's activation changed under the current intervention
+        (None: no intervention, clear the marks). Sent by the intervention pane."""
+        self.intervention_changes = changes
+        self.intervention_changed.emit(changes)
 
     def shutdown(self) -> None:
         self.jobs.shutdown()

@@ -22,6 +22,11 @@ the graph, and nothing is re-rendered. Measured figures: `benchmarks/canvas.py`.
 
 Model/view: the canvas reads `controller.analysis`, calls its methods and redraws on the controller's
 signals. Selection, pin and label changes touch overlays only, never the layout or the node scatter.
+
+Interventions: `set_activation_changes({feature node: relative change})` (sent through the controller's
+`intervention_changed` by the intervention pane) rings every shown feature whose activation moved by
+more than `CHANGE_TOLERANCE`: blue when turned down or off, orange when turned up, wider and more
+opaque the larger the change. One overlay scatter with a handful of shared pens; nothing else redraws.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ VEIL_ALPHA = 190  # how strongly a selection dims the rest of the graph (0..255)
 NODE_SLIDER = (0.50, 1.00, 100)  # min, max, steps per unit
 EDGE_SLIDER = (0.80, 1.00, 1000)
 MAX_NODE_LABELS = 50  # pinned-node captions drawn on the canvas
+CHANGE_TOLERANCE = 0.05  # relative activation changes smaller than this draw no ring
+CHANGE_LEVELS = (0.25, 0.6)  # |relative change| bounds of the three ring strengths
 BACKGROUND = "#ffffff"
 TEXT = "#303030"
 
@@ -93,6 +100,11 @@ _PIN_PEN = "#c0392b"
 _GRID = "#ececec"
 _RING_PEN = "#111111"
 _HOVER_PEN = "#7a7a7a"
+_CHANGE_DOWN = "#1f5fbf"  # activation turned down / off by an intervention
+_CHANGE_UP = "#f76707"  # turned up (orange: pins are red)
+_CHANGE_WIDTHS = (1.7, 2.5, 3.4)  # px, by CHANGE_LEVELS
+_CHANGE_ALPHAS = (150, 215, 255)
+_CHANGE_RING_PAD = 7.0  # px beyond the glyph: just outside a pin's ring (+5)
 
 
 def _pen(colour: str, width: float, round_caps: bool = False) -> QPen:
@@ -101,6 +113,15 @@ def _pen(colour: str, width: float, round_caps: bool = False) -> QPen:
     pen.setWidthF(width)
     pen.setCosmetic(True)
     pen.setCapStyle(Qt.PenCapStyle.RoundCap if round_caps else Qt.PenCapStyle.FlatCap)
+    return pen
+
+
+def _change_pen(up: bool, level: int) -> QPen:
+    colour = QColor(_CHANGE_UP if up else _CHANGE_DOWN)
+    colour.setAlpha(_CHANGE_ALPHAS[level])
+    pen = QPen(colour)
+    pen.setWidthF(_CHANGE_WIDTHS[level])
+    pen.setCosmetic(True)
     return pen
 
 
@@ -448,7 +469,7 @@ class GraphCanvas(QWidget):
 
     For tests and scripts: `node_screen_pos(node)` (a point in `viewport()` coordinates),
     `node_at(point)`, `visible_nodes()`, `highlighted_edges()`, `shown_labels()`, `edges_ready()`,
-    `fit()`, `render_svg(path)`.
+    `fit()`, `render_svg(path)`, `set_activation_changes(changes)`, `activation_rings()`.
     """
 
     node_clicked = Signal(int)
@@ -481,6 +502,9 @@ class GraphCanvas(QWidget):
         self._near_brushes = {(lvl, neg): pg.mkBrush((_NEG if neg else _POS)[lvl])  # neighbours of the selection
                               for lvl in range(1, 4) for neg in (0, 1)}
         self._near_pen = pg.mkPen("#333333", width=1)
+        self._changes: dict[int, float] | None = None  # node -> relative activation change (intervention)
+        self._rings: dict[int, float] = {}  # the ringed (shown, changed) feature nodes
+        self._change_pens = {(up, lvl): _change_pen(up, lvl) for up in (False, True) for lvl in range(3)}
 
         self._build_controls()
         self._build_plot()
@@ -506,7 +530,10 @@ class GraphCanvas(QWidget):
 
         controller.analysis_changed.connect(self._on_analysis_changed)
         controller.aspect_changed.connect(self._on_aspect_changed)
+        controller.intervention_changed.connect(self.set_activation_changes)
         self._on_analysis_changed()
+        if controller.analysis is not None and controller.intervention_changes:
+            self.set_activation_changes(controller.intervention_changes)
 
     # ---------------------------------------------------------------- construction
     def _build_controls(self) -> None:
@@ -607,8 +634,10 @@ class GraphCanvas(QWidget):
         self._ring.setZValue(8)
         self._hover_ring = _Overlay(pxMode=True, antialias=True, symbol="o", brush=None, pen=_pen(_HOVER_PEN, 1.5))
         self._hover_ring.setZValue(8)
+        self._change_rings = _Overlay(pxMode=True, antialias=True, symbol="o", brush=None)
+        self._change_rings.setZValue(8.5)  # above the veil: a selection does not hide them
         for it in (self._grid, self._edges, self._scatter, self._veil, self._hl_edges, self._focus, self._pins,
-                   self._ring, self._hover_ring):
+                   self._ring, self._hover_ring, self._change_rings):
             vb.addItem(it)
 
         scene = plot.scene()
@@ -620,6 +649,16 @@ class GraphCanvas(QWidget):
         plot.installEventFilter(self)
         plot.viewport().installEventFilter(self)
         self._plot = plot
+
+        # the rings' legend floats in the plot's top-left corner (in no layout: it never widens the window)
+        self.ring_legend = QLabel(plot)
+        self.ring_legend.setStyleSheet(f"background: rgba(255, 255, 255, 225); color: {TEXT}; padding: 2px 5px;"
+                                       "border: 1px solid #d0d0d0;")
+        self._ring_tip = ("Rings: how each feature's activation changed after the intervention (changes under "
+                          f"{CHANGE_TOLERANCE:.0%} are not ringed). Thicker = larger change.")
+        self.ring_legend.setToolTip(self._ring_tip)
+        self.ring_legend.move(self._layer_axis.width() + 8, 6)
+        self.ring_legend.hide()
 
     # ---------------------------------------------------------------- public API
     @property
@@ -647,6 +686,16 @@ class GraphCanvas(QWidget):
 
     def edges_ready(self) -> bool:
         return self._edges.ready()
+
+    def set_activation_changes(self, changes: dict[int, float] | None) -> None:
+        """Ring the feature nodes whose activation an intervention changed: `changes` maps node ->
+        relative change (after − before) / |before| (−1 = turned off); None clears the rings."""
+        self._changes = dict(changes) if changes else None
+        self._apply_changes()
+
+    def activation_rings(self) -> dict[int, float]:
+        """The ringed nodes (shown feature nodes changed by more than CHANGE_TOLERANCE) -> their change."""
+        return dict(self._rings)
 
     def node_screen_pos(self, node: int) -> QPoint | None:
         """Where `node` is drawn, in `viewport()` coordinates; None when it is hidden by the thresholds."""
@@ -723,10 +772,12 @@ class GraphCanvas(QWidget):
         for w in (self.node_slider, self.edge_slider, self.find_box, self.fit_button):
             w.setEnabled(a is not None)
         if a is None:
+            self._changes = None
             self._clear()
             self._stack.setCurrentWidget(self._placeholder)
             return
         self._stack.setCurrentWidget(self._plot)
+        self._changes = None  # changes name nodes of the previous graph
         self._all_kinds = a.graph.node_kinds()
         r, c = a.scores
         self.scores_label.setText(f"<b>Replacement {r:.2f} · Completeness {c:.2f}</b>")
@@ -765,6 +816,7 @@ class GraphCanvas(QWidget):
         self._edges.set_edges([], QRectF())
         for it in (self._scatter, self._focus, self._pins, self._ring, self._hover_ring):
             it.setData([], [])
+        self._apply_changes()
         self._grid.set_edges([], QRectF())
         self._hl_edges.set_edges([], QRectF())
         self._veil.setVisible(False)
@@ -826,6 +878,7 @@ class GraphCanvas(QWidget):
         self.edges_label.setText(_plural(int(t.size), "edge"))
         self._apply_pins()
         self._apply_selection()
+        self._apply_changes()
         self._update_captions()
         self.hovered = None
         self._hover_ring.setData([], [])
@@ -907,6 +960,41 @@ class GraphCanvas(QWidget):
         kinds = self._kinds[rows]
         self._pins.setData(x=self._xy[rows, 0], y=self._xy[rows, 1], symbol=[_KINDS[k].symbol for k in kinds],
                            size=self._sizes(kinds) + 5)
+
+    def _apply_changes(self) -> None:
+        """The intervention rings: shown feature nodes whose |change| > CHANGE_TOLERANCE, coloured by sign,
+        one of three pens by size. Touches only the ring overlay and the ring legend."""
+        changes = self._changes
+        self._rings = {}
+        if not changes or self._analysis is None or not self._nodes.size:
+            self._change_rings.setData([], [])
+            self.ring_legend.hide()
+            return
+        nodes = np.fromiter(changes.keys(), dtype=np.int64, count=len(changes))
+        values = np.fromiter(changes.values(), dtype=np.float64, count=len(changes))
+        ok = (nodes >= 0) & (nodes < self._index.size) & ~np.isnan(values) & (np.abs(values) > CHANGE_TOLERANCE)
+        nodes, values = nodes[ok], values[ok]
+        features = self._all_kinds[nodes] == 0
+        rows = self._index[nodes]
+        ok = features & (rows >= 0)  # feature nodes that are on the canvas
+        hidden = int((features & (rows < 0)).sum())
+        nodes, values, rows = nodes[ok], values[ok], rows[ok]
+        self._rings = dict(zip(nodes.tolist(), values.tolist()))
+        levels = np.searchsorted(np.asarray(CHANGE_LEVELS), np.abs(values), side="right").tolist()
+        pens = [self._change_pens[(up, lvl)] for up, lvl in zip((values > 0).tolist(), levels)]
+        self._change_rings.setData(x=self._xy[rows, 0], y=self._xy[rows, 1], size=self._sizes(self._kinds[rows])
+                                   + _CHANGE_RING_PAD, pen=pens)
+        down, up = int((values < 0).sum()), int((values > 0).sum())
+        sw = "font-size: 13px;"
+        self.ring_legend.setText(f"ring: activation change after intervention "
+                                 f"<span style='color:{_CHANGE_DOWN};{sw}'>◯</span> {down} down&nbsp; "
+                                 f"<span style='color:{_CHANGE_UP};{sw}'>◯</span> {up} up"
+                                 + (f" · {hidden} hidden" if hidden else ""))
+        self.ring_legend.setToolTip(self._ring_tip + (f"\n{hidden} more changed features are hidden by the thresholds: "
+                                                      "lower them to see their rings." if hidden else ""))
+        self.ring_legend.adjustSize()
+        self.ring_legend.show()
+        self.ring_legend.raise_()
 
     def _update_captions(self) -> None:
         """Text captions beside the selected node and the pinned ones (their current labels)."""
@@ -1020,6 +1108,7 @@ class GraphCanvas(QWidget):
         self._scatter.setSize(self._sizes())
         self._apply_pins()
         self._apply_selection()
+        self._apply_changes()
 
     # ---------------------------------------------------------------- mouse and keys
     def _pick(self, scene_pos: QPointF) -> int | None:
@@ -1080,6 +1169,9 @@ class GraphCanvas(QWidget):
                 rows.append(f"edge to selected: {float(A[sel, node]):+.3g}")
             elif A[node, sel]:
                 rows.append(f"edge from selected: {float(A[node, sel]):+.3g}")
+        if self._changes and node in self._changes and np.isfinite(self._changes[node]):
+            change = self._changes[node]
+            rows.append(f"after intervention: activation {change:+.0%}" + (" (off)" if change <= -0.999 else ""))
         if node in a.pinned:
             rows.append("<i>pinned</i>")
         return "<br>".join(rows)

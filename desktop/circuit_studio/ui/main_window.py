@@ -13,6 +13,7 @@ from ..core.progress import Progress
 from .controller import Controller
 from .feature_pane import FeaturePane
 from .graph_canvas import GraphCanvas
+from .intervention_pane import InterventionPane
 from .jobs import JobError
 from .model_dialog import ModelDialog
 from .node_connections import NodeConnectionsPane
@@ -105,11 +106,15 @@ class MainWindow(QMainWindow):
         self.connections = NodeConnectionsPane(self.controller)
         self.features = FeaturePane(self.controller)
         self.subgraph = SubgraphPane(self.controller)
+        self.interventions = InterventionPane(self.controller)
         self.docks = {
             "connections": self._dock("Node connections", self.connections, Qt.RightDockWidgetArea),
             "features": self._dock("Feature detail", self.features, Qt.RightDockWidgetArea),
             "subgraph": self._dock("Subgraph", self.subgraph, Qt.BottomDockWidgetArea),
+            "interventions": self._dock("Interventions", self.interventions, Qt.BottomDockWidgetArea),
         }
+        self.tabifyDockWidget(self.docks["subgraph"], self.docks["interventions"])
+        self.docks["subgraph"].raise_()
         self._default_state = self.saveState()
         self.device_label = QLabel()
         self.loaded_label = QLabel()
@@ -158,6 +163,9 @@ class MainWindow(QMainWindow):
             view.addAction(dock.toggleViewAction())
         view.addSeparator()
         self._action(view, "&Reset layout", self.reset_layout)
+        graph = self.menuBar().addMenu("&Graph")
+        self._action(graph, "&Steer selected feature", self._steer_selected, "Ctrl+I")
+        self._action(graph, "Steer &pinned nodes", self._steer_pinned)
         help_menu = self.menuBar().addMenu("&Help")
         self._action(help_menu, "&About Circuit Studio", self._about)
 
@@ -213,6 +221,14 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getSaveFileName(self, "Export canvas", "graph.png", "PNG (*.png)")
         if path:
             self.canvas.grab().save(path)
+
+    def _steer_selected(self) -> None:
+        self.interventions.add_selected()
+        self.docks["interventions"].raise_()
+
+    def _steer_pinned(self) -> None:
+        self.interventions.add_pinned()
+        self.docks["interventions"].raise_()
 
     def reset_layout(self) -> None:
         self.restoreState(self._default_state)
