@@ -42,7 +42,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     app = QApplication.instance() or QApplication([])
     settings = QSettings(str(args.out / ".settings.ini"), QSettings.IniFormat)  # not the user's settings
-    window = MainWindow(settings=settings)
+    window = MainWindow(settings=settings, autosave_dir=args.out / ".autosave")
+    window.sessions.answer_unsaved = "discard"
     window.resize(1600, 1000)
     window.show()
     c = window.controller
@@ -65,8 +66,11 @@ def main() -> None:
         name = re.sub(r"[^a-z0-9]+", "_", item.behaviour.lower()).strip("_") or "prompt"
         window.grab().save(str(args.out / f"{name}.png"))
         print(f"{name}.png  {item.prompt!r}")
-    (args.out / ".settings.ini").unlink(missing_ok=True)
     window.close()
+    (args.out / ".settings.ini").unlink(missing_ok=True)
+    import shutil
+
+    shutil.rmtree(args.out / ".autosave", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def folders(tmp_path_factory, tiny_model_folder):
 @pytest.fixture
 def window(qtbot, tmp_path):
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
-    w = MainWindow(settings=settings)
+    w = MainWindow(settings=settings, autosave_dir=tmp_path / "autosave")
+    w.sessions.answer_unsaved = "discard"
     qtbot.addWidget(w)
     w.show()
     yield w
@@ -69,13 +70,15 @@ def test_trace_fills_the_canvas_and_panes_follow_a_click(qtbot, window, folders)
 
 def test_layout_and_recent_folders_persist(qtbot, tmp_path, folders):
     settings = QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat)
-    w = MainWindow(settings=settings)
+    w = MainWindow(settings=settings, autosave_dir=tmp_path / "autosave")
+    w.sessions.answer_unsaved = "discard"
     qtbot.addWidget(w)
     w.show()
     _load(qtbot, w, folders["model"], folders["tc"])
     w.docks["subgraph"].close()
     w.close()
-    again = MainWindow(settings=settings)
+    again = MainWindow(settings=settings, autosave_dir=tmp_path / "autosave")
+    again.sessions.answer_unsaved = "discard"
     qtbot.addWidget(again)
     again.show()
     assert not again.docks["subgraph"].isVisible()

@@ -18,6 +18,8 @@ def run_app(model: str | None = None, transcoders: str | None = None, argv: list
     app.setOrganizationName("Circuit Studio")
     window = MainWindow()
     window.show()
+    if window.sessions.offer_recovery():
+        return app.exec()
     if model:
         window.load(model, transcoders or "")
     else:

@@ -44,6 +44,7 @@ def read_curated_prompts(root: Path = DEMO) -> list[CuratedPrompt]:
 
 class Controller(QObject):
     model_changed = Signal()  # bundle / transcoders / index changed
+    analysis_will_change = Signal()  # the current analysis is about to be replaced (save its state now)
     analysis_changed = Signal()  # a new graph (or none)
     aspect_changed = Signal(str)  # an Aspect of the current analysis changed
     error = Signal(str, object)  # title, JobError
@@ -162,6 +163,7 @@ class Controller(QObject):
         self.jobs.cancel()
 
     def set_analysis(self, analysis: Analysis | None) -> None:
+        self.analysis_will_change.emit()
         self.analysis = analysis
         if analysis is not None:
             analysis.subscribe(lambda aspect: self.aspect_changed.emit(aspect.value))

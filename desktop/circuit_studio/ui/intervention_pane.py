@@ -133,6 +133,44 @@ class InterventionUpdate:
 
 
 @dataclass(frozen=True)
+class RowState:
+    """One row as undo and sessions keep it."""
+
+    key: tuple
+    name: str
+    targets: tuple[Target, ...]
+    detail: str
+    multiple: float
+    mode: str
+
+
+@dataclass(frozen=True)
+class PaneState:
+    rows: tuple[RowState, ...] = ()
+    freeze_attention: bool = True
+    n_tokens: int = 0
+
+    def to_json(self) -> dict:
+        return {"rows": [{"key": _jsonable(r.key), "name": r.name, "detail": r.detail, "multiple": r.multiple,
+                          "mode": r.mode, "targets": [vars(t) for t in r.targets]} for r in self.rows],
+                "freeze_attention": self.freeze_attention, "n_tokens": self.n_tokens}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PaneState":
+        rows = tuple(RowState(_tupled(r["key"]), r["name"], tuple(Target(**t) for t in r["targets"]), r["detail"],
+                              float(r["multiple"]), r["mode"]) for r in data.get("rows", []))
+        return cls(rows, bool(data.get("freeze_attention", True)), int(data.get("n_tokens", 0)))
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
+
+
+@dataclass(frozen=True)
 class SweepResult:
     row_key: tuple
     row_name: str
@@ -249,6 +287,7 @@ class _Row(QObject):
     """One intervened item: its targets, multiple, position mode and widgets."""
 
     changed = Signal()
+    about_to_change = Signal()  # before the multiple or the position mode changes (undo snapshots)
     remove_requested = Signal()
 
     def __init__(self, key: tuple, name: str, targets: tuple[Target, ...], top: float, tip: str) -> None:
@@ -326,11 +365,15 @@ class _Row(QObject):
         return all(t.base_kind == "prompt" for t in self.targets)
 
     def set_multiple(self, m: float) -> None:
+        if float(m) != self.multiple:
+            self.about_to_change.emit()
         self.multiple = float(m)
         self._show()
         self.changed.emit()
 
     def set_mode(self, mode: str) -> None:
+        if mode != self.mode:
+            self.about_to_change.emit()
         self.mode = mode
         self.position.blockSignals(True)
         self.position.setCurrentIndex(0 if mode == "token" else 1)
@@ -339,6 +382,7 @@ class _Row(QObject):
         self.changed.emit()
 
     def _slider_moved(self, value: int) -> None:
+        self.about_to_change.emit()
         self.multiple = round(value * self.step, 6)
         self._show()
         self.changed.emit()
@@ -386,6 +430,7 @@ class InterventionPane(QWidget):
 
     updated = Signal(object)
     sweep_finished = Signal(object)
+    will_change = Signal(str)  # before an undoable change of the rows (description)
 
     def __init__(self, controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -697,10 +742,16 @@ class InterventionPane(QWidget):
                 self._say("")
                 self.status_label.setText(f"{name} is already in row {i + 1}.")
                 return i
+        self.will_change.emit(f"Add {name}")
+        return self._make_row(key, name, targets, detail)
+
+    def _make_row(self, key: tuple, name: str, targets: tuple[Target, ...], detail: str) -> int:
         top, how = self._top_for(targets)
         tip = f"{html.escape(name)}<br>{detail}<br>Slider: {_fmt_multiple(MULTIPLE_MIN)} … {_fmt_multiple(top)} ({how})"
         row = _Row(key, name, targets, top, tip)
+        row.detail = detail
         row.changed.connect(self._state_changed)
+        row.about_to_change.connect(lambda r=row: self.will_change.emit(f"Steer {r.name}"))
         row.remove_requested.connect(lambda r=row: self.remove_row(self.rows.index(r)))
         row.box.editingFinished.connect(lambda r=row: r in self.rows and self.set_multiple_text(self.rows.index(r),
                                                                                                   r.box.text()))
@@ -839,6 +890,7 @@ class InterventionPane(QWidget):
         self.add_feature(self.layer_spin.value(), self.feature_edit.text(), self.position_combo.currentData())
 
     def remove_row(self, row: int) -> None:
+        self.will_change.emit(f"Remove {self.rows[row].name}")
         r = self.rows.pop(row)
         self._rows_layout.removeWidget(r.widget)
         r.widget.deleteLater()
@@ -846,15 +898,45 @@ class InterventionPane(QWidget):
         self._state_changed()
 
     def clear_rows(self) -> None:
+        if self.rows:
+            self.will_change.emit("Clear interventions")
+        self._drop_rows()
+        self._rows_changed()
+        self._state_changed()
+
+    def _drop_rows(self) -> None:
         for r in self.rows:
             self._rows_layout.removeWidget(r.widget)
             r.widget.deleteLater()
         self.rows = []
+
+    def state(self) -> PaneState:
+        rows = tuple(RowState(r.key, r.name, r.targets, r.detail, r.multiple, r.mode) for r in self.rows)
+        return PaneState(rows, self.freeze_check.isChecked(), self.tokens_spin.value())
+
+    def restore(self, state: PaneState) -> None:
+        """Put rows and settings back (undo, reopening a session), without a before-change notice."""
+        self._drop_rows()
+        for r in state.rows:
+            i = self._make_row(r.key, r.name, r.targets, r.detail)
+            row = self.rows[i]
+            row.blockSignals(True)
+            row.set_multiple(r.multiple)
+            row.set_mode(r.mode)
+            row.blockSignals(False)
+        self.freeze_check.blockSignals(True)
+        self.freeze_check.setChecked(state.freeze_attention)
+        self.freeze_check.blockSignals(False)
+        self.tokens_spin.blockSignals(True)
+        self.tokens_spin.setValue(state.n_tokens)
+        self.tokens_spin.blockSignals(False)
         self._rows_changed()
         self._state_changed()
 
     def reset(self) -> None:
         """Every multiple back to 1 and every position to "this token": no intervention."""
+        if self.rows:
+            self.will_change.emit("Reset interventions")
         for r in self.rows:
             r.blockSignals(True)
             r.set_multiple(1.0)

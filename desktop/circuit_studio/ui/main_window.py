@@ -17,6 +17,7 @@ from .intervention_pane import InterventionPane
 from .jobs import JobError
 from .model_dialog import ModelDialog
 from .node_connections import NodeConnectionsPane
+from .session_manager import SessionManager
 from .subgraph_pane import SubgraphPane
 
 MAX_RECENT = 8
@@ -88,7 +89,8 @@ class PromptBar(QWidget):
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, controller: Controller | None = None, settings: QSettings | None = None) -> None:
+    def __init__(self, controller: Controller | None = None, settings: QSettings | None = None,
+                 autosave_dir: Path | None = None) -> None:
         super().__init__()
         self.controller = controller or Controller(self)
         self.settings = settings or QSettings("Circuit Studio", "Circuit Studio")
@@ -116,6 +118,7 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["subgraph"], self.docks["interventions"])
         self.docks["subgraph"].raise_()
         self._default_state = self.saveState()
+        self.sessions = SessionManager(self, self.settings, autosave_dir)
         self.device_label = QLabel()
         self.loaded_label = QLabel()
         self.statusBar().addPermanentWidget(self.loaded_label)
@@ -125,7 +128,9 @@ class MainWindow(QMainWindow):
         c.model_changed.connect(self._update_status)
         c.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         c.error.connect(self.show_error)
+        self.sessions.state_changed.connect(self._update_session_ui)
         self._update_status()
+        self._update_session_ui()
         self._restore()
 
     # ---- construction ----
@@ -146,8 +151,15 @@ class MainWindow(QMainWindow):
 
     def _menus(self) -> None:
         file = self.menuBar().addMenu("&File")
+        self._action(file, "&New session", lambda: self.sessions.new(), QKeySequence.New)
+        self._action(file, "&Open session…", lambda: self.sessions.open(), QKeySequence.Open)
+        self.recent_sessions_menu = file.addMenu("Recent sessions")
+        self.recent_sessions_menu.aboutToShow.connect(self._fill_recent_sessions)
+        self._action(file, "&Save session", lambda: self.sessions.save(), QKeySequence.Save)
+        self._action(file, "Save session &as…", lambda: self.sessions.save_as(None), QKeySequence.SaveAs)
+        file.addSeparator()
         self._action(file, "Open &demo", self.open_demo)
-        self._action(file, "Open &model folder…", self.open_model, QKeySequence.Open)
+        self._action(file, "Open &model folder…", self.open_model, "Ctrl+Shift+O")
         self._action(file, "Open &transcoder folder…", self.open_transcoders)
         self._action(file, "Open feature &index…", self.open_index)
         self.recent_menu = file.addMenu("&Recent")
@@ -158,6 +170,9 @@ class MainWindow(QMainWindow):
         self._action(file, "Export canvas as &PNG…", self.export_png)
         file.addSeparator()
         self._action(file, "&Quit", self.close, QKeySequence.Quit)
+        edit = self.menuBar().addMenu("&Edit")
+        self.undo_action = self._action(edit, "Undo", lambda: self.sessions.undo(), QKeySequence.Undo)
+        self.redo_action = self._action(edit, "Redo", lambda: self.sessions.redo(), QKeySequence.Redo)
         view = self.menuBar().addMenu("&View")
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
@@ -166,6 +181,9 @@ class MainWindow(QMainWindow):
         graph = self.menuBar().addMenu("&Graph")
         self._action(graph, "&Steer selected feature", self._steer_selected, "Ctrl+I")
         self._action(graph, "Steer &pinned nodes", self._steer_pinned)
+        graph.addSeparator()
+        self.graphs_menu = graph.addMenu("Graphs in this session")
+        self.graphs_menu.aboutToShow.connect(self._fill_graphs)
         help_menu = self.menuBar().addMenu("&Help")
         self._action(help_menu, "&About Circuit Studio", self._about)
 
@@ -221,6 +239,32 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getSaveFileName(self, "Export canvas", "graph.png", "PNG (*.png)")
         if path:
             self.canvas.grab().save(path)
+
+    def _update_session_ui(self) -> None:
+        s = self.sessions
+        self.setWindowTitle(s.title)
+        h = s.history
+        undo, redo = (h.undo_description, h.redo_description) if h else (None, None)
+        self.undo_action.setEnabled(undo is not None)
+        self.undo_action.setText(f"Undo {undo}" if undo else "Undo")
+        self.redo_action.setEnabled(redo is not None)
+        self.redo_action.setText(f"Redo {redo}" if redo else "Redo")
+
+    def _fill_recent_sessions(self) -> None:
+        self.recent_sessions_menu.clear()
+        for path in self.sessions.recent():
+            action = self.recent_sessions_menu.addAction(Path(path).name)
+            action.setToolTip(path)
+            action.triggered.connect(lambda _=False, p=path: self.sessions.open(p))
+
+    def _fill_graphs(self) -> None:
+        self.graphs_menu.clear()
+        session = self.sessions.capture()
+        for record in session.graphs:
+            action = self.graphs_menu.addAction(record.display_title[:80])
+            action.setCheckable(True)
+            action.setChecked(record.id == session.current_graph)
+            action.triggered.connect(lambda _=False, gid=record.id: self.sessions.switch_graph(gid))
 
     def _steer_selected(self) -> None:
         self.interventions.add_selected()
@@ -291,6 +335,11 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event) -> None:
+        if not self.sessions.maybe_save():
+            event.ignore()
+            return
+        self.sessions.timer.stop()
+        self.sessions.discard_autosave()
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("windowState", self.saveState())
         self.controller.shutdown()
