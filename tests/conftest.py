@@ -13,8 +13,13 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# tests/core/parity_cases.py is shared by the core and UI tests
+sys.path.insert(0, str(Path(__file__).resolve().parent / "core"))
 
 torch.set_num_threads(2)  # the CI / dev machines are small and shared
 

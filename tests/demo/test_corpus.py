@@ -114,7 +114,7 @@ def test_read_corpus_rejects_empty_binary_and_missing_files(tmp_path):
         C.read_corpus(latin1)
     with pytest.raises(C.CorpusError, match="does not exist"):
         C.read_corpus(tmp_path / "nope.txt")
-    with pytest.raises(C.CorpusError, match="not a file"):
+    with pytest.raises(C.CorpusError, match="is a folder"):
         C.read_corpus(tmp_path)
     assert issubclass(C.CorpusError, CircuitStudioError)
     err = pytest.raises(C.CorpusError, C.read_corpus, empty).value

@@ -7,26 +7,23 @@ thresholds it shows a few dozen nodes and a couple of hundred edges.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
-from PySide6.QtGui import QWheelEvent  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QWheelEvent
+from PySide6.QtWidgets import QApplication
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from parity_cases import EXTRA_CASES, reference_graph  # noqa: E402
+from parity_cases import EXTRA_CASES, reference_graph
 
-from circuit_studio.core.analysis import Analysis  # noqa: E402
-from circuit_studio.core.graph import NodeKind  # noqa: E402
-from circuit_studio.ui import graph_canvas as gc_module  # noqa: E402
-from circuit_studio.ui.controller import Controller  # noqa: E402
-from circuit_studio.ui.graph_canvas import GraphCanvas  # noqa: E402
+from circuit_studio.core.analysis import Analysis
+from circuit_studio.core.graph import NodeKind
+from circuit_studio.ui import graph_canvas as gc_module
+from circuit_studio.ui.controller import Controller
+from circuit_studio.ui.graph_canvas import GraphCanvas
 
 CASE = EXTRA_CASES / "llama_relu_skip"
 

@@ -8,9 +8,7 @@ per layer; its reference graph was traced from exactly these weights).
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,18 +16,17 @@ import torch
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtGui import QColor  # noqa: E402
+from PySide6.QtGui import QColor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from parity_cases import EXTRA_CASES, reference_graph  # noqa: E402
+from parity_cases import EXTRA_CASES, reference_graph
 
-from circuit_studio.core.analysis import Analysis  # noqa: E402
-from circuit_studio.core.interventions import Intervention, generate, intervene  # noqa: E402
-from circuit_studio.core.model_loading import load_model  # noqa: E402
-from circuit_studio.core.transcoder_loading import load_transcoders  # noqa: E402
-from circuit_studio.ui.controller import Controller  # noqa: E402
-from circuit_studio.ui.graph_canvas import CHANGE_TOLERANCE, GraphCanvas  # noqa: E402
-from circuit_studio.ui.intervention_pane import (AFTER_COLOUR, NO_GRAPH, NO_MODEL, InterventionPane,  # noqa: E402
+from circuit_studio.core.analysis import Analysis
+from circuit_studio.core.interventions import Intervention, generate, intervene
+from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.transcoder_loading import load_transcoders
+from circuit_studio.ui.controller import Controller
+from circuit_studio.ui.graph_canvas import CHANGE_TOLERANCE, GraphCanvas
+from circuit_studio.ui.intervention_pane import (AFTER_COLOUR, NO_GRAPH, NO_MODEL, InterventionPane,
                                                  activation_changes)
 
 CASE = EXTRA_CASES / "llama_relu_skip"

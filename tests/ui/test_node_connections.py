@@ -3,42 +3,19 @@ check the view and the model against the adjacency matrix."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from parity_cases import case_dirs, reference_graph  # noqa: E402
+from parity_cases import case_dirs, reference_graph
 
-from circuit_studio.core.analysis import Analysis  # noqa: E402
-from circuit_studio.ui.controller import Controller  # noqa: E402
-from circuit_studio.ui.node_connections import (EMPTY_TEXT, INPUTS_NEG, INPUTS_POS, LISTS,  # noqa: E402
+from circuit_studio.core.analysis import Analysis
+from circuit_studio.ui.controller import Controller
+from circuit_studio.ui.node_connections import (EMPTY_TEXT, INPUTS_NEG, INPUTS_POS, LISTS,
                                                  NODE_ROLE, OUTPUTS_NEG, OUTPUTS_POS, TOP_N, VALUE_ROLE,
                                                  ConnectionsModel, NodeConnectionsPane, node_connections,
                                                  row_abs_sums)
-
-
-# ---- shared fixtures (kept in this file: tests/ui/conftest.py belongs to no one pane) ----
-
-@pytest.fixture(scope="module")
-def graph():
-    return reference_graph(case_dirs()[0])
-
-
-@pytest.fixture
-def analysis(graph):
-    return Analysis(graph)
-
-
-@pytest.fixture
-def controller(analysis):
-    c = Controller()
-    c.set_analysis(analysis)
-    yield c
-    c.shutdown()
 
 
 @pytest.fixture

@@ -3,43 +3,20 @@ vertices, the supernodes and the summed edges against the Analysis and the adjac
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, Qt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from parity_cases import case_dirs, reference_graph  # noqa: E402
+from parity_cases import case_dirs, reference_graph
 
-from circuit_studio.core.analysis import Analysis  # noqa: E402
-from circuit_studio.ui.controller import Controller  # noqa: E402
-from circuit_studio.ui.subgraph_pane import EMPTY_TEXT, SubgraphPane, subgraph_layout  # noqa: E402
+from circuit_studio.core.analysis import Analysis
+from circuit_studio.ui.controller import Controller
+from circuit_studio.ui.subgraph_pane import EMPTY_TEXT, SubgraphPane, subgraph_layout
 
 NO_MOD = Qt.KeyboardModifier.NoModifier
 CTRL = Qt.KeyboardModifier.ControlModifier
 LEFT = Qt.MouseButton.LeftButton
-
-
-# ---- shared fixtures (kept in this file: tests/ui/conftest.py belongs to no one pane) ----
-
-@pytest.fixture(scope="module")
-def graph():
-    return reference_graph(case_dirs()[0])
-
-
-@pytest.fixture
-def analysis(graph):
-    return Analysis(graph)
-
-
-@pytest.fixture
-def controller(analysis):
-    c = Controller()
-    c.set_analysis(analysis)
-    yield c
-    c.shutdown()
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ class _Phase0:
 
 def _phase0(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet, params: AttributionParams) -> _Phase0:
     clean = record_clean_run(bundle, ids, tc)
-    L, P = tc.n_layers, ids.shape[0]
+    L = tc.n_layers
     zeroed = bundle.n_zeroed_positions
     with torch.no_grad():
         acts = torch.stack([tc.encode(layer, clean.reads[layer]) for layer in range(L)])  # [L, P, F]

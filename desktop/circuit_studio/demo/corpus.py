@@ -43,11 +43,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.errors import CircuitStudioError
+from ..core.corpus_text import CorpusError, read_corpus  # noqa: F401 - re-exported for the demo build
 
-
-class CorpusError(CircuitStudioError):
-    """A corpus file is missing, empty or not UTF-8 text, or a generation argument is invalid."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,27 +522,3 @@ def write_corpus(path: str | Path, n_lines: int, seed: int = 0, mix: Mix = Mix()
     lines = generate_corpus(n_lines, seed, mix)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def read_corpus(path: str | Path) -> list[str]:
-    """The non-empty lines of a UTF-8 corpus file; a clear `CorpusError` for anything else."""
-    path = Path(path)
-    if not path.exists():
-        raise CorpusError(f"Corpus file {path} does not exist.", "Write one with write_corpus or give its path.")
-    if not path.is_file():
-        raise CorpusError(f"Corpus path {path} is not a file.", "Give the path of a UTF-8 text file.")
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise CorpusError(f"Corpus file {path} is binary (it contains NUL bytes), not text.",
-                          "Give a UTF-8 text file with one training line per line.")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"Corpus file {path} is not UTF-8 text (bad byte at offset {e.start}).",
-                          "Give a UTF-8 text file with one training line per line.") from e
-    lines = [ln.strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        raise CorpusError(f"Corpus file {path} is empty (no non-blank line).",
-                          "Generate the corpus first, or give a file with text in it.")
-    return lines
