@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Must happen before anything imports transformers / huggingface_hub / Qt.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ["QT_QPA_PLATFORM"] = "offscreen"
+# A desktop-sized virtual screen (the offscreen default is 800×800, smaller than the window, so Qt would
+# clamp restored window geometry and tests of "reopens exactly as it was" would compare different sizes).
+_SCREEN = Path(__file__).resolve().parent / "fixtures" / "offscreen_screen.json"
+os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={_SCREEN}"
 
-from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import sys  # noqa: E402

@@ -16,7 +16,7 @@ import time
 from .core.errors import Cancelled, CircuitStudioError
 from .core.progress import CancelToken, Progress
 
-COMMANDS = ("attribute", "index-features", "intervene")
+COMMANDS = ("attribute", "intervene", "train-transcoders", "index-features")
 
 
 class TerminalProgress:

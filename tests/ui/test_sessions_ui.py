@@ -81,6 +81,7 @@ def test_save_close_reopen_shows_the_same_analysis(qtbot, tmp_path, folders):
     _analysis_by_hand(qtbot, w, folders)
     w.docks["connections"].close()
     before = _state(w)
+    picture = w.canvas.plot.grab().toImage()
     path = tmp_path / "study.cs-session"
     assert w.sessions.save_as(path) and not w.sessions.dirty and "study" in w.windowTitle()
     w.close()
@@ -89,6 +90,7 @@ def test_save_close_reopen_shows_the_same_analysis(qtbot, tmp_path, folders):
     assert again.sessions.open(path)
     qtbot.waitUntil(lambda: again.canvas.edges_ready(), timeout=10000)
     assert _state(again) == before
+    assert again.canvas.plot.grab().toImage() == picture, "the canvas looks the same, pixel for pixel"
     assert again.controller.bundle is None, "opening a session computes nothing and needs no model"
     saved = load_session(path)
     assert saved.graphs[0].interventions[-1].top_after, "the intervention's result is in the file"

@@ -51,9 +51,9 @@ class BuildConfig:
     train: TrainSpec
     mix: Mix = Mix()
     transcoder_width: int = 1024
-    transcoder_steps: int = 3000
-    transcoder_batch_tokens: int = 2048
-    transcoder_l0_coefficient: float = 2e-3
+    transcoder_steps: int = 4000
+    transcoder_batch_tokens: int = 1024
+    transcoder_l0_coefficient: float = 3e-4
     transcoder_lines: int = 60000  # corpus lines cut into windows for transcoder training
     index_lines: int = 20000  # corpus lines cut into windows for the feature index
     extra: dict = field(default_factory=dict)

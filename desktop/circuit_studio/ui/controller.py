@@ -30,7 +30,7 @@ class CuratedPrompt:
 
 def demo_paths(root: Path = DEMO) -> tuple[Path, Path, Path]:
     """(model folder, transcoder folder, feature index file) of the bundled demo."""
-    return root / "model", root / "transcoders", root / "feature_index.sqlite"
+    return root / "model", root / "transcoders", root / "features.sqlite"
 
 
 def read_curated_prompts(root: Path = DEMO) -> list[CuratedPrompt]:

@@ -589,16 +589,19 @@ class GraphCanvas(QWidget):
             f"<span style='color:{_KINDS[3].fill};{sw}'>▲</span> logit&nbsp;&nbsp; "
             f"<span style='color:{_POS[3]};{sw}'>━</span> positive&nbsp; "
             f"<span style='color:{_NEG[3]};{sw}'>━</span> negative")
-        for label in (self.hidden_label, self.edges_label, self.message_label, self.scores_label, self.legend_label):
+        for label in (self.hidden_label, self.edges_label, self.scores_label, self.legend_label):
             label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        # a long message is clipped rather than widening the window past a laptop screen
+        self.message_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         row = QHBoxLayout()
         row.setSpacing(12)
         row.addWidget(self.hidden_label)
         row.addWidget(self.edges_label)
         row.addWidget(self.message_label, 1)
-        row.addWidget(self.legend_label)
         row.addWidget(self.scores_label)
         self._info_row = row
+        # the legend sits in the slider row: one row holding everything was wider than a laptop screen
+        self._toolbar.insertWidget(self._toolbar.count() - 2, self.legend_label)
 
     def _build_plot(self) -> None:
         self._token_axis, self._layer_axis = _TokenAxis(), _LayerAxis()

@@ -643,6 +643,9 @@ class InterventionPane(QWidget):
         split = self._split = QSplitter(Qt.Orientation.Horizontal)
         split.setChildrenCollapsible(False)
         left.setMinimumWidth(300)
+        # explicit floors: stacked (narrow dock), the parts' own minimums made the window too tall for a laptop
+        left.setMinimumHeight(110)
+        right.setMinimumHeight(110)
         split.addWidget(left)
         split.addWidget(right)
         split.setStretchFactor(0, 2)

@@ -278,6 +278,22 @@ class MainWindow(QMainWindow):
         self.restoreState(self._default_state)
         for dock in self.docks.values():
             dock.show()
+        self._default_proportions()
+
+    def _default_proportions(self) -> None:
+        """The canvas gets most of the room; the bottom panes a third of the height; the right column is
+        split between connections and feature detail (Qt alone sizes docks from their size hints)."""
+        h, w = max(self.height(), 600), max(self.width(), 900)
+        d = self.docks
+        self.resizeDocks([d["subgraph"]], [int(0.34 * h)], Qt.Orientation.Vertical)
+        self.resizeDocks([d["connections"], d["features"]], [int(0.36 * h), int(0.44 * h)], Qt.Orientation.Vertical)
+        self.resizeDocks([d["connections"]], [max(360, int(0.26 * w))], Qt.Orientation.Horizontal)
+
+    def showEvent(self, event) -> None:  # noqa: N802
+        super().showEvent(event)
+        if self._needs_proportions:  # first start: no saved layout
+            self._needs_proportions = False
+            self._default_proportions()
 
     def show_error(self, title: str, error: JobError) -> None:
         box = QMessageBox(QMessageBox.Warning, title, error.message, QMessageBox.Ok, self)
@@ -333,6 +349,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if state is not None:
             self.restoreState(state)
+        self._needs_proportions = state is None
 
     def closeEvent(self, event) -> None:
         if not self.sessions.maybe_save():

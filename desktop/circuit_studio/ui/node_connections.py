@@ -341,6 +341,9 @@ class NodeConnectionsPane(QWidget):
                 column.addWidget(self._make_list(key))
             self.columns.addWidget(column)
         self.columns.setChildrenCollapsible(False)
+        # an explicit floor: the splitter's own minimum (from its tables' size hints) made the window too tall
+        # for a laptop screen
+        self.columns.setMinimumSize(140, 120)
 
         content = QWidget()
         lay = QVBoxLayout(content)

@@ -125,7 +125,9 @@ class SessionManager(QObject):
             options={"pane": pane.to_json(), "freeze_attention": pane.freeze_attention},
             top_before=_top_tokens(result, 0, c), top_after=_top_tokens(result, 1, c),
             extra={"default": result.default.text if result and result.default else "",
-                   "steered": result.steered.text if result and result.steered else ""})
+                   "steered": result.steered.text if result and result.steered else "",
+                   # the canvas rings, so that a session reopened without its model looks as it was
+                   "changes": sorted([int(n), float(v)] for n, v in (c.intervention_changes or {}).items())})
         if pane.rows:
             session = session.with_intervention(self._graph_id, record)
         self.session = session
@@ -263,7 +265,10 @@ class SessionManager(QObject):
     def _restore_graph_view(self, record) -> None:
         pane = self.window.interventions
         if record.interventions and "pane" in record.interventions[-1].options:
-            pane.restore(PaneState.from_json(record.interventions[-1].options["pane"]))
+            last = record.interventions[-1]
+            pane.restore(PaneState.from_json(last.options["pane"]))
+            if last.extra.get("changes"):  # recomputed (and replaced) as soon as the model is loaded
+                self.controller.set_intervention_changes({int(n): float(v) for n, v in last.extra["changes"]})
         if record.view is not None:
             v = record.view
             self.window.canvas.plot.getViewBox().setRange(xRange=(v.x0, v.x1), yRange=(v.y0, v.y1), padding=0)
