@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -41,8 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     app = QApplication.instance() or QApplication([])
-    settings = QSettings(str(args.out / ".settings.ini"), QSettings.IniFormat)  # not the user's settings
-    window = MainWindow(settings=settings, autosave_dir=args.out / ".autosave")
+    scratch = Path(tempfile.mkdtemp(prefix="circuit_studio_shots_"))  # not the user's settings or autosaves
+    settings = QSettings(str(scratch / "settings.ini"), QSettings.IniFormat)
+    window = MainWindow(settings=settings, autosave_dir=scratch / "autosave")
     window.sessions.answer_unsaved = "discard"
     window.resize(1600, 1000)
     window.show()
@@ -50,7 +53,8 @@ def main() -> None:
     c.open_demo()
     wait(app, lambda: c.transcoders is not None and not c.jobs.busy)
     for item in c.curated:
-        c.trace(item.prompt)
+        window.prompt_bar.prompt.setEditText(item.prompt)
+        window.prompt_bar.trace()
         wait(app, lambda: not c.jobs.busy)
         analysis = c.analysis
         features = [int(n) for n in analysis.pruned.node_mask.nonzero()[0] if n < analysis.graph.error_offset]
@@ -66,11 +70,40 @@ def main() -> None:
         name = re.sub(r"[^a-z0-9]+", "_", item.behaviour.lower()).strip("_") or "prompt"
         window.grab().save(str(args.out / f"{name}.png"))
         print(f"{name}.png  {item.prompt!r}")
+    case_study(app, window, args.out)
     window.close()
-    (args.out / ".settings.ini").unlink(missing_ok=True)
-    import shutil
+    shutil.rmtree(scratch, ignore_errors=True)
 
-    shutil.rmtree(args.out / ".autosave", ignore_errors=True)
+
+def case_study(app: QApplication, window: MainWindow, out: Path) -> None:
+    """The README's case study in the intervention pane: Dallas's two most influential city features
+    ablated, San Diego's two set, on the two-hop prompt."""
+    from circuit_studio.core.contrast import distinct_features
+
+    c = window.controller
+    graphs = {}
+    for prompt in ("The capital of the state containing San Diego is", "The capital of the state containing Dallas is"):
+        window.prompt_bar.prompt.setEditText(prompt)
+        window.prompt_bar.trace()
+        wait(app, lambda: not c.jobs.busy)
+        graphs[prompt] = c.analysis
+    b, a = graphs.values()
+    city_a, city_b = a.graph.n_pos - 2, b.graph.n_pos - 2
+    ours = distinct_features(a.graph, a.pruner.node_influence, city_a, b.graph, city_b)[:2]
+    theirs = distinct_features(b.graph, b.pruner.node_influence, city_b, a.graph, city_a)[:2]
+    pane = window.interventions
+    for d in ours:
+        pane.set_multiple(pane.add_node(d.node), 0.0)
+    for d in theirs:
+        row = pane.add_feature(d.layer, d.feature, city_a)
+        pane.set_multiple(row, d.activation / pane.rows[row].targets[0].base)
+    window.docks["interventions"].raise_()
+    a.select(ours[0].node)
+    wait(app, lambda: not pane.pending)
+    for _ in range(20):
+        app.processEvents()
+    window.grab().save(str(out / "interventions_case_study.png"))
+    print("interventions_case_study.png")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QFontMetrics
 
 from parity_cases import EXTRA_CASES, reference_graph
 
@@ -26,8 +26,8 @@ from circuit_studio.core.model_loading import load_model
 from circuit_studio.core.transcoder_loading import load_transcoders
 from circuit_studio.ui.controller import Controller
 from circuit_studio.ui.graph_canvas import CHANGE_TOLERANCE, GraphCanvas
-from circuit_studio.ui.intervention_pane import (AFTER_COLOUR, NO_GRAPH, NO_MODEL, InterventionPane,
-                                                 activation_changes)
+from circuit_studio.ui.intervention_pane import (AFTER_COLOUR, BAR_SLOT_PX, NO_GRAPH, NO_MODEL, TOP_K,
+                                                 InterventionPane, activation_changes)
 
 CASE = EXTRA_CASES / "llama_relu_skip"
 UPDATE_BUDGET_S = 0.5  # the limit for the demo; this model is far smaller
@@ -360,4 +360,8 @@ def test_screenshot_shows_bars_and_continuations(qtbot, pane, graph, tmp_path):
     assert hits > 100  # the "after" bars and the sweep curve are drawn
     assert pane.default_text.toPlainText().strip() and pane.steered_text.toPlainText().strip()
     assert "Next token in" in pane.status_label.text() and "continuation in" in pane.status_label.text()
-    assert len(pane.bar_tokens) == 8
+    assert len(pane.bar_tokens) == min(TOP_K, int(pane.bar_plot.getPlotItem().getViewBox().width() // BAR_SLOT_PX))
+    axis = pane.bar_plot.getPlotItem().getAxis("bottom")
+    slot = pane.bar_plot.getPlotItem().getViewBox().width() / len(pane.bar_tokens)
+    fm = QFontMetrics(axis.style.get("tickFont") or pane.font())
+    assert all(fm.horizontalAdvance(text) < slot for _, text in axis._tickLevels[0]), "token labels never overlap"

@@ -143,7 +143,7 @@ class ExampleList(QWidget):
     activation. A long context is elided around its max token to fit the width; hovering a token
     shows its activation. One painted widget for all rows (fast to rebuild on every selection)."""
 
-    PAD = 2  # horizontal padding inside each token cell
+    PAD = 1  # horizontal padding inside each token cell (more splits sub-word tokens into apparent words)
     GAP = 6  # between the value column and the tokens
 
     def __init__(self, parent=None) -> None:
@@ -208,10 +208,10 @@ class ExampleList(QWidget):
                 rect = QRect(x, y + 2, w, h - 4)
                 a = row.activations[i]
                 bg = shade(a / row.scale, base) if a > 0 else base
-                if a > 0:
+                if a > 0:  # token boundaries matter where the feature fires; elsewhere text reads as text
                     p.fillRect(rect, bg)
-                p.setPen(sep)
-                p.drawLine(rect.right(), rect.top() + 2, rect.right(), rect.bottom() - 2)
+                    p.setPen(sep)
+                    p.drawLine(rect.right(), rect.top() + 2, rect.right(), rect.bottom() - 2)
                 p.setFont(self._bold if i == row.max_position else font)
                 p.setPen(QColor(0, 0, 0) if _luminance(bg) > 140 else
                          (text if _luminance(text) > 140 else QColor(255, 255, 255)))

@@ -61,7 +61,8 @@ SLIDER_STEPS = 1200  # at most this many slider positions; 0 and 1 always fall o
 COALESCE_MS = 15  # slider moves closer together than this become one update
 DEFAULT_TOKENS = 8
 MAX_TOKENS = 64
-TOP_K = 8  # bars in the next-token chart
+TOP_K = 8  # bars in the next-token chart, at most
+BAR_SLOT_PX = 56  # fewer bars when the chart is narrow: a token label needs about this much room
 SWEEP_POINTS = 21
 WIDE_PANE_PX = 1000  # narrower than this, the controls sit above the plots
 CHANGE_EPS = 1e-4  # relative activation changes smaller than this are not sent to the canvas
@@ -449,6 +450,7 @@ class InterventionPane(QWidget):
         self._cache: _Cache | None = None
         self._max_act: dict[tuple[int, int], np.ndarray | None] = {}  # (id(index), layer) -> max_act per feature
         self._bar_tokens: list[int] = []
+        self._bar_labels: list[str] = []  # their texts, elided to the bars' width when drawn
 
         self._build()
         self._coalesce = QTimer(self, singleShot=True, interval=COALESCE_MS)
@@ -573,6 +575,7 @@ class InterventionPane(QWidget):
         self._before_bars = pg.BarGraphItem(x=[], height=[], width=0.38, brush=BEFORE_COLOUR, pen=None, name="before")
         self._after_bars = pg.BarGraphItem(x=[], height=[], width=0.38, brush=AFTER_COLOUR, pen=None, name="after")
         bp.addItem(self._before_bars)
+        bp.getViewBox().sigResized.connect(self._bars_resized)
         bp.addItem(self._after_bars)
         self._bar_texts: list[pg.TextItem] = []
 
@@ -1254,6 +1257,7 @@ class InterventionPane(QWidget):
             self.bar_plot.getPlotItem().removeItem(t)
         self._bar_texts = []
         self._bar_tokens = []
+        self._bar_labels = []
         self.bar_plot.getPlotItem().getAxis("bottom").setTicks([[]])
         self.default_text.clear()
         self.steered_text.clear()
@@ -1273,17 +1277,14 @@ class InterventionPane(QWidget):
 
     def _show_bars(self, result: InterventionUpdate) -> None:
         before, after = result.probabilities()
-        top = np.argsort(-np.maximum(before, after), kind="stable")[:TOP_K]
+        top = np.argsort(-np.maximum(before, after), kind="stable")[:self._bar_count()]
         self._bar_tokens = top.tolist()
         x = np.arange(top.size, dtype=np.float64)
         self._before_bars.setOpts(x=x - 0.2, height=before[top])
         self._after_bars.setOpts(x=x + 0.2, height=after[top])
-        ticks = []
-        for i, t in enumerate(top.tolist()):
-            tok = _show_token(self._decode(t))
-            ticks.append((float(i), tok if len(tok) <= 10 else tok[:9] + "…"))
+        self._bar_labels = [_show_token(self._decode(t)) for t in top.tolist()]
+        self._fit_bar_labels()
         pi = self.bar_plot.getPlotItem()
-        pi.getAxis("bottom").setTicks([ticks])
         for t in self._bar_texts:
             pi.removeItem(t)
         self._bar_texts = []
@@ -1296,6 +1297,26 @@ class InterventionPane(QWidget):
         top_p = float(max(before[top].max(initial=0), after[top].max(initial=0)))
         pi.setXRange(-0.6, max(top.size - 0.4, 0.6), padding=0)
         pi.setYRange(0, max(top_p * 1.18, 0.05), padding=0)
+
+    def _bar_count(self) -> int:
+        return int(np.clip(self.bar_plot.getPlotItem().getViewBox().width() // BAR_SLOT_PX, 3, TOP_K))
+
+    def _bars_resized(self) -> None:
+        if self.last_result is not None and self._bar_tokens and len(self._bar_tokens) != self._bar_count():
+            self._show_bars(self.last_result)
+        else:
+            self._fit_bar_labels()
+
+    def _fit_bar_labels(self) -> None:
+        """Token labels under the bars, each elided to its bar's slot so that neighbours never overlap."""
+        labels = self._bar_labels
+        if not labels:
+            return
+        axis = self.bar_plot.getPlotItem().getAxis("bottom")
+        slot = self.bar_plot.getPlotItem().getViewBox().width() / max(len(labels), 1) - 6
+        fm = QFontMetrics(axis.style.get("tickFont") or self.font())
+        axis.setTicks([[(float(i), fm.elidedText(t, Qt.TextElideMode.ElideRight, max(int(slot), 12)))
+                        for i, t in enumerate(labels)]])
 
     def _pieces(self, ids: list[int]) -> list[str]:
         """Each token's text as it reads inside the decoded string (spaces as the tokenizer puts them)."""

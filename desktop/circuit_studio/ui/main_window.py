@@ -115,6 +115,9 @@ class MainWindow(QMainWindow):
             "subgraph": self._dock("Subgraph", self.subgraph, Qt.BottomDockWidgetArea),
             "interventions": self._dock("Interventions", self.interventions, Qt.BottomDockWidgetArea),
         }
+        # Neuronpedia's quadrants: the right column (connections over feature detail) runs the full height,
+        # the bottom panes sit under the canvas only
+        self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.docks["subgraph"], self.docks["interventions"])
         self.docks["subgraph"].raise_()
         self._default_state = self.saveState()
@@ -281,13 +284,13 @@ class MainWindow(QMainWindow):
         self._default_proportions()
 
     def _default_proportions(self) -> None:
-        """The canvas gets most of the room; the bottom panes a third of the height; the right column is
-        split between connections and feature detail (Qt alone sizes docks from their size hints)."""
+        """The canvas gets most of the room, the bottom panes a third of its column, and the right column is
+        split evenly between connections and feature detail (Qt alone sizes docks from their size hints)."""
         h, w = max(self.height(), 600), max(self.width(), 900)
         d = self.docks
-        self.resizeDocks([d["subgraph"]], [int(0.34 * h)], Qt.Orientation.Vertical)
-        self.resizeDocks([d["connections"], d["features"]], [int(0.36 * h), int(0.44 * h)], Qt.Orientation.Vertical)
-        self.resizeDocks([d["connections"]], [max(360, int(0.26 * w))], Qt.Orientation.Horizontal)
+        self.resizeDocks([d["connections"]], [max(380, int(0.28 * w))], Qt.Orientation.Horizontal)
+        self.resizeDocks([d["subgraph"]], [int(0.32 * h)], Qt.Orientation.Vertical)
+        self.resizeDocks([d["connections"], d["features"]], [h // 2, h // 2], Qt.Orientation.Vertical)
 
     def showEvent(self, event) -> None:  # noqa: N802
         super().showEvent(event)
