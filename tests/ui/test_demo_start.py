@@ -1,0 +1,60 @@
+"""What a new user sees first: `circuit-studio` with no arguments opens the window on the bundled demo,
+with its curated prompts in the prompt box, and a curated prompt traces with feature labels from the
+demo's index."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from PySide6.QtCore import QSettings
+
+from circuit_studio.ui.controller import read_curated_prompts
+from circuit_studio.ui.main_window import MainWindow
+
+
+def test_opening_the_demo_offers_its_curated_prompts_and_traces_them(qtbot, tmp_path):
+    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
+    w.sessions.answer_unsaved = "discard"
+    qtbot.addWidget(w)
+    w.show()
+    c = w.controller
+    w.open_demo()  # what File ▸ Open demo and a start with no arguments do
+    qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
+    curated = read_curated_prompts()
+    box = w.prompt_bar.prompt
+    assert [box.itemText(i) for i in range(box.count())] == [p.prompt for p in curated]
+    assert box.currentText() == curated[0].prompt
+    assert "4 layers" in w.loaded_label.text() and "Feature index loaded" in w.loaded_label.text()
+    assert "CPU" in w.device_label.text() or "CUDA" in w.device_label.text()
+
+    box.setCurrentIndex(2)  # the two-hop prompt
+    w.prompt_bar.trace()
+    qtbot.waitUntil(lambda: c.analysis is not None and not c.jobs.busy, timeout=60_000)
+    a = c.analysis
+    assert a.graph.prompt == curated[2].prompt
+    for n in range(a.graph.n_features):  # feature nodes carry the index's automatic labels
+        layer, _, feature, _ = a.graph.feature_of(n)
+        assert a.label_of(n) == c.feature_index.label(layer, feature)
+    w.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_the_command_with_no_arguments_starts_the_window(tmp_path):
+    """The README's first command ends in `circuit-studio`: start it for real and check it stays up cleanly."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1",
+           "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "circuit_studio.cli"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(20)  # long enough to import, build the window and load the demo in the background
+        alive = proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert alive, f"the app exited early: {err[-2000:]}"
+    assert "Traceback" not in err, err[-2000:]
