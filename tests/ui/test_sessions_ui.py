@@ -82,6 +82,8 @@ def test_save_close_reopen_shows_the_same_analysis(qtbot, tmp_path, folders):
     w.docks["connections"].close()
     before = _state(w)
     picture = w.canvas.plot.grab().toImage()
+    bars = w.interventions.bar_plot.grab().toImage()
+    texts = (w.interventions.default_text.toPlainText(), w.interventions.steered_text.toPlainText())
     path = tmp_path / "study.cs-session"
     assert w.sessions.save_as(path) and not w.sessions.dirty and "study" in w.windowTitle()
     w.close()
@@ -91,9 +93,13 @@ def test_save_close_reopen_shows_the_same_analysis(qtbot, tmp_path, folders):
     qtbot.waitUntil(lambda: again.canvas.edges_ready(), timeout=10000)
     assert _state(again) == before
     assert again.canvas.plot.grab().toImage() == picture, "the canvas looks the same, pixel for pixel"
+    pane = again.interventions
+    assert pane.bar_plot.grab().toImage() == bars, "the intervention's bars look the same, without the model"
+    assert (pane.default_text.toPlainText(), pane.steered_text.toPlainText()) == texts and texts[1]
     assert again.controller.bundle is None, "opening a session computes nothing and needs no model"
     saved = load_session(path)
     assert saved.graphs[0].interventions[-1].top_after, "the intervention's result is in the file"
+    assert len(saved.graphs[0].interventions[-1].extra["outputs"]["bars"]) >= 3
     again.close()
 
 

@@ -1279,24 +1279,50 @@ class InterventionPane(QWidget):
         before, after = result.probabilities()
         top = np.argsort(-np.maximum(before, after), kind="stable")[:self._bar_count()]
         self._bar_tokens = top.tolist()
-        x = np.arange(top.size, dtype=np.float64)
-        self._before_bars.setOpts(x=x - 0.2, height=before[top])
-        self._after_bars.setOpts(x=x + 0.2, height=after[top])
-        self._bar_labels = [_show_token(self._decode(t)) for t in top.tolist()]
+        self._draw_bars([_show_token(self._decode(t)) for t in top.tolist()], before[top], after[top])
+
+    def _draw_bars(self, labels: list[str], before: np.ndarray, after: np.ndarray) -> None:
+        """Bars for `labels` with next-token probabilities `before` and `after` (float [K] each)."""
+        x = np.arange(len(labels), dtype=np.float64)
+        self._before_bars.setOpts(x=x - 0.2, height=before)
+        self._after_bars.setOpts(x=x + 0.2, height=after)
+        self._bar_labels = list(labels)
         self._fit_bar_labels()
         pi = self.bar_plot.getPlotItem()
         for t in self._bar_texts:
             pi.removeItem(t)
         self._bar_texts = []
-        for i, (b, a) in enumerate(zip(before[top].tolist(), after[top].tolist())):
+        for i, (b, a) in enumerate(zip(np.asarray(before).tolist(), np.asarray(after).tolist())):
             if abs(a - b) >= 0.005:
                 item = pg.TextItem(f"{a - b:+.2f}", color=AFTER_COLOUR if a > b else "#1f5fbf", anchor=(0.5, 1.0))
                 item.setPos(i + 0.2, a)
                 pi.addItem(item)
                 self._bar_texts.append(item)
-        top_p = float(max(before[top].max(initial=0), after[top].max(initial=0)))
-        pi.setXRange(-0.6, max(top.size - 0.4, 0.6), padding=0)
+        top_p = float(max(np.max(before, initial=0), np.max(after, initial=0)))
+        pi.setXRange(-0.6, max(len(labels) - 0.4, 0.6), padding=0)
         pi.setYRange(0, max(top_p * 1.18, 0.05), padding=0)
+
+    def saved_outputs(self) -> dict:
+        """What the pane shows of its last result, as JSON (kept in a session so that it reopens as it was,
+        even without the model): the bars and the two continuations."""
+        r = self.last_result
+        if r is None or not self._bar_tokens:
+            return {}
+        before, after = r.probabilities()
+        ids = self._bar_tokens
+        return {"bars": [[label, float(before[i]), float(after[i])] for label, i in zip(self._bar_labels, ids)],
+                "default": self.default_text.toHtml() if r.default else "",
+                "steered": self.steered_text.toHtml() if r.steered else ""}
+
+    def show_saved(self, outputs: dict) -> None:
+        """Show outputs from `saved_outputs` until the model is loaded and they are recomputed."""
+        bars = outputs.get("bars") or []
+        if bars:
+            labels, before, after = zip(*bars)
+            self._draw_bars(list(labels), np.array(before, dtype=np.float64), np.array(after, dtype=np.float64))
+        self.default_text.setHtml(outputs.get("default", ""))
+        self.steered_text.setHtml(outputs.get("steered", ""))
+        self.status_label.setText("Saved result: load the model to steer further.")
 
     def _bar_count(self) -> int:
         return int(np.clip(self.bar_plot.getPlotItem().getViewBox().width() // BAR_SLOT_PX, 3, TOP_K))

@@ -127,7 +127,8 @@ class SessionManager(QObject):
             extra={"default": result.default.text if result and result.default else "",
                    "steered": result.steered.text if result and result.steered else "",
                    # the canvas rings, so that a session reopened without its model looks as it was
-                   "changes": sorted([int(n), float(v)] for n, v in (c.intervention_changes or {}).items())})
+                   "changes": sorted([int(n), float(v)] for n, v in (c.intervention_changes or {}).items()),
+                   "outputs": self.window.interventions.saved_outputs()})
         if pane.rows:
             session = session.with_intervention(self._graph_id, record)
         self.session = session
@@ -267,8 +268,11 @@ class SessionManager(QObject):
         if record.interventions and "pane" in record.interventions[-1].options:
             last = record.interventions[-1]
             pane.restore(PaneState.from_json(last.options["pane"]))
-            if last.extra.get("changes"):  # recomputed (and replaced) as soon as the model is loaded
+            # shown as saved; recomputed (and replaced) as soon as the model is loaded
+            if last.extra.get("changes"):
                 self.controller.set_intervention_changes({int(n): float(v) for n, v in last.extra["changes"]})
+            if last.extra.get("outputs") and self.controller.bundle is None:
+                pane.show_saved(last.extra["outputs"])
         if record.view is not None:
             v = record.view
             self.window.canvas.plot.getViewBox().setRange(xRange=(v.x0, v.x1), yRange=(v.y0, v.y1), padding=0)
