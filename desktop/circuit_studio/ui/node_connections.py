@@ -422,7 +422,9 @@ class NodeConnectionsPane(QWidget):
         keep = analysis.pruned.node_mask if self.only_kept.isChecked() else None
         limit = None if self.show_all.isChecked() else TOP_N
         A = analysis.graph.adjacency_matrix
-        for inputs, pos_key, neg_key in ((True, INPUTS_POS, INPUTS_NEG), (False, OUTPUTS_POS, OUTPUTS_NEG)):
+        column_rows = []
+        for column, (inputs, pos_key, neg_key) in enumerate(((True, INPUTS_POS, INPUTS_NEG),
+                                                              (False, OUTPUTS_POS, OUTPUTS_NEG))):
             c = node_connections(A, node, sums, inputs=inputs, keep=keep)
             for key, sel, hidden in ((pos_key, c.weights > 0, c.n_hidden_pos),
                                      (neg_key, c.weights < 0, c.n_hidden_neg)):
@@ -435,6 +437,12 @@ class NodeConnectionsPane(QWidget):
                                                                hidden))
                 self.views[key].scrollToTop()
                 self._show_table(key, total > 0)
+            # the + and − lists share their column by how many rows each has (a long list gets the room)
+            rows = [self.models[k].rowCount() for k in (pos_key, neg_key)]
+            self.columns.widget(column).setSizes([100 * (min(n, 12) + 2) for n in rows])
+            column_rows.append(sum(min(n, 12) + 2 for n in rows))
+        if self.columns.orientation() == Qt.Orientation.Vertical:  # stacked: Inputs over Outputs, likewise
+            self.columns.setSizes([100 * n for n in column_rows])
         self._update_header()
 
     def _show_table(self, key: str, visible: bool) -> None:
