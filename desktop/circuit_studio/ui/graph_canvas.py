@@ -1029,20 +1029,24 @@ class GraphCanvas(QWidget):
         self._place_captions()
 
     def _place_captions(self) -> None:
-        """Stack captions that would overlap on screen (same row, overlapping in x) one line higher."""
+        """Stack captions that would overlap on screen (same row, overlapping in x) one line higher; a
+        caption that would run off the right edge of the view goes to the left of its node."""
         if not self._label_items:
             return
         px = self._vb.viewPixelSize()[0] or 1.0
+        edge = self._vb.viewRange()[0][1] / px
         placed: list[tuple[float, float, float, int]] = []  # row y, left px, right px, level
         for node, item in sorted(self._label_items.items(), key=lambda e: tuple(self._xy[self._index[e[0]]][::-1])):
             x, y = self._xy[self._index[node]]
-            left = x / px
-            right = left + item.textItem.boundingRect().width()
+            width = item.textItem.boundingRect().width()
+            flip = x / px + width > edge
+            left = x / px - width if flip else x / px
+            right = left + width
             level = 0
             while any(r == y and lv == level and left < rr and ll < right for r, ll, rr, lv in placed):
                 level += 1
             placed.append((y, left, right, level))
-            item.setAnchor((0, 1.15 + level))
+            item.setAnchor((1 if flip else 0, 1.15 + level))
 
     def _set_logit_labels(self, logits: list[tuple[int, str]]) -> None:
         for _, _, item in self._logit_items:
