@@ -100,6 +100,10 @@ def test_save_close_reopen_shows_the_same_analysis(qtbot, tmp_path, folders):
     saved = load_session(path)
     assert saved.graphs[0].interventions[-1].top_after, "the intervention's result is in the file"
     assert len(saved.graphs[0].interventions[-1].extra["outputs"]["bars"]) >= 3
+    again.controller.analysis.toggle_pin(0)  # a change made without the model, then saved again
+    assert again.sessions.save_as(tmp_path / "again.cs-session")
+    resaved = load_session(tmp_path / "again.cs-session").graphs[0].interventions[-1]
+    assert resaved == saved.graphs[0].interventions[-1], "re-saving without the model keeps the results"
     again.close()
 
 

@@ -129,6 +129,10 @@ class SessionManager(QObject):
                    # the canvas rings, so that a session reopened without its model looks as it was
                    "changes": sorted([int(n), float(v)] for n, v in (c.intervention_changes or {}).items()),
                    "outputs": self.window.interventions.saved_outputs()})
+        if result is None:  # shown from the file, no model loaded: keep what was computed then
+            saved = [r for r in session.graph(self._graph_id).interventions if r.id == record.id]
+            if saved and saved[0].options.get("pane") == record.options["pane"]:
+                record = saved[0]
         if pane.rows:
             session = session.with_intervention(self._graph_id, record)
         self.session = session
