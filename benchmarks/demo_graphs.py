@@ -1,7 +1,7 @@
 """Trace every curated prompt of the bundled demo and print a Markdown table: time, graph size,
 kept nodes and the replacement / completeness scores.
 
-    PYTHONPATH=desktop HF_HUB_OFFLINE=1 python benchmarks/demo_graphs.py [--threads 2] [--demo resources/demo]
+    PYTHONPATH=desktop HF_HUB_OFFLINE=1 python benchmarks/demo_graphs.py [--threads 2] [--kind plt|clt] [--demo resources/demo]
 
 Times are wall-clock per prompt for `attribute` (one forward pass, then the backward rows) and for
 pruning at the app's default thresholds (node 0.8, edge 0.98), after one warm-up trace. The model
@@ -31,13 +31,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", default=str(Path(__file__).resolve().parents[1] / "resources" / "demo"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kind", choices=["plt", "clt"], default="plt", help="per-layer or cross-layer transcoders")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     demo = Path(args.demo)
 
     t0 = time.perf_counter()
     bundle = load_model(demo / "model", device="cpu")
-    tc = load_transcoders(demo / "transcoders", device="cpu")
+    tc = load_transcoders(demo / ("clt" if args.kind == "clt" else "transcoders"), device="cpu")
     print(f"loaded model and transcoders in {time.perf_counter() - t0:.2f} s; torch threads {args.threads}\n")
     prompts = json.loads((demo / "prompts.json").read_text(encoding="utf-8"))["prompts"]
     params = AttributionParams(batch_size=256)

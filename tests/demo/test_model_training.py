@@ -175,3 +175,22 @@ def test_build_writes_corpus_model_evaluation_and_prompts(tmp_path):
     assert sum(s["n"] for s in scores) == len(C.heldout_prompts())
     with pytest.raises(SystemExit):
         B.main(["--out", str(tmp_path), "--only", "nonsense"])
+
+
+def test_build_trains_and_indexes_both_kinds_of_transcoders(tmp_path):
+    """The later steps at toy size: what they write loads the way the app loads the shipped demo."""
+    from circuit_studio.core.feature_index import FeatureIndex
+    from circuit_studio.core.transcoder_loading import load_transcoders
+    from circuit_studio.demo import build as B
+
+    cfg = B.BuildConfig(n_lines=1500, seed=0, vocab_size=400, model=TINY,
+                        train=M.TrainSpec(steps=5, batch_size=4, warmup=2, checkpoint_every=0),
+                        transcoder_width=48, transcoder_steps=20, transcoder_batch_tokens=128,
+                        transcoder_lines=300, index_lines=60)
+    B.build(tmp_path, cfg, ["corpus", "model", "transcoders", "index", "clt", "clt_index"])
+    for folder, index, kind in (("transcoders", "features.sqlite", "plt"), ("clt", "clt_features.sqlite", "clt")):
+        tc = load_transcoders(tmp_path / folder)
+        assert (tc.kind, tc.n_layers, tc.n_features) == (kind, TINY.n_layers, 48)
+        assert "FVU" in (tmp_path / folder / "training_report.md").read_text()
+        with FeatureIndex.open(tmp_path / index) as idx:
+            assert (idx.info.n_layers, idx.info.n_features) == (TINY.n_layers, 48)

@@ -16,11 +16,16 @@ from circuit_studio.ui.controller import read_curated_prompts
 from circuit_studio.ui.main_window import MainWindow
 
 
-def test_opening_the_demo_offers_its_curated_prompts_and_traces_them(qtbot, tmp_path):
+def _window(qtbot, tmp_path) -> MainWindow:
     w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
     w.sessions.answer_unsaved = "discard"
     qtbot.addWidget(w)
     w.show()
+    return w
+
+
+def test_opening_the_demo_offers_its_curated_prompts_and_traces_them(qtbot, tmp_path):
+    w = _window(qtbot, tmp_path)
     c = w.controller
     w.open_demo()  # what File ▸ Open demo and a start with no arguments do
     qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
@@ -39,6 +44,22 @@ def test_opening_the_demo_offers_its_curated_prompts_and_traces_them(qtbot, tmp_
     for n in range(a.graph.n_features):  # feature nodes carry the index's automatic labels
         layer, _, feature, _ = a.graph.feature_of(n)
         assert a.label_of(n) == c.feature_index.label(layer, feature)
+    w.close()
+
+
+def test_the_demo_with_its_cross_layer_transcoder_traces_with_labels(qtbot, tmp_path):
+    w = _window(qtbot, tmp_path)
+    c = w.controller
+    w.open_demo("clt")
+    qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
+    assert c.transcoders.kind == "clt" and c.feature_index.info.transcoder_kind == "clt"
+    w.prompt_bar.trace()
+    qtbot.waitUntil(lambda: c.analysis is not None and not c.jobs.busy, timeout=60_000)
+    a = c.analysis
+    assert int(a.graph.logit_token_ids[0]) == c.bundle.tokenizer(read_curated_prompts()[0].answer,
+                                                                 add_special_tokens=False)["input_ids"][0]
+    layer, _, feature, _ = a.graph.feature_of(0)
+    assert a.label_of(0) == c.feature_index.label(layer, feature)
     w.close()
 
 

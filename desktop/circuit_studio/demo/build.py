@@ -13,6 +13,8 @@ Steps (`--only` takes a comma-separated subset, in this order):
     evaluate     held-out accuracy per behaviour -> `evaluation.json`, `evaluation.md`, `prompts.json`
     transcoders  per-layer JumpReLU transcoders (`core.transcoder_training`) -> `transcoders/`
     index        feature index of those transcoders (`core.feature_index_build`) -> `features.sqlite`
+    clt          a cross-layer JumpReLU transcoder on the same data -> `clt/`
+    clt_index    feature index of the cross-layer transcoder -> `clt_features.sqlite`
 
 Every step reads what the earlier ones wrote in `--out`, so a later step can be re-run alone.
 """
@@ -33,8 +35,10 @@ from ..core.progress import CancelToken, Progress, ProgressFn
 from .corpus import Mix, curated_prompts, generate_corpus, heldout_prompts, natural_source, plain_training_sentences
 from .model_training import ModelSpec, TrainSpec
 
-STEPS = ("corpus", "model", "evaluate", "transcoders", "index")
+STEPS = ("corpus", "model", "evaluate", "transcoders", "index", "clt", "clt_index")
 MODEL_DIR, TRANSCODER_DIR, INDEX_FILE = "model", "transcoders", "features.sqlite"
+CLT_DIR, CLT_INDEX_FILE = "clt", "clt_features.sqlite"
+_OUTPUTS = {"plt": (TRANSCODER_DIR, INDEX_FILE), "clt": (CLT_DIR, CLT_INDEX_FILE)}  # kind -> (folder, index)
 SMALL_CORPUS_BYTES = 5_000_000
 SAMPLE_BYTES = 2_500_000
 
@@ -181,43 +185,39 @@ def _windows(out: Path, cfg: BuildConfig, lines: list[str], n_lines: int):
     return bundle, token_windows(bundle.tokenizer, lines[:n_lines], context=cfg.model.context)
 
 
-def step_transcoders(out: Path, cfg: BuildConfig, lines: list[str] | None = None, *,
+def step_transcoders(out: Path, cfg: BuildConfig, lines: list[str] | None = None, *, kind: str = "plt",
                      progress: ProgressFn | None = None, cancel: CancelToken | None = None):
-    """Per-layer transcoders for the model -> `out/transcoders/`.
-
-    Calls `core.transcoder_training.train_transcoders(bundle, windows, *, width, kind="plt", steps,
-    batch_tokens, l0_coefficient, seed, progress, cancel) -> (TranscoderSet, TrainingReport)` and
-    `core.transcoder_writing.save_transcoders(tc, folder)`."""
+    """Per-layer (`kind` "plt") or cross-layer ("clt") transcoders for the model -> `out/transcoders/`
+    or `out/clt/`, with `training_report.md`."""
     from ..core.transcoder_training import train_transcoders
     from ..core.transcoder_writing import save_transcoders
 
     lines = lines if lines is not None else corpus_lines(cfg)
     bundle, windows = _windows(out, cfg, lines, cfg.transcoder_lines)
     _log(f"transcoders: {windows.shape[0]} windows of {windows.shape[1]} tokens")
-    tc, rep = train_transcoders(bundle, windows, width=cfg.transcoder_width, kind="plt",
+    tc, rep = train_transcoders(bundle, windows, width=cfg.transcoder_width, kind=kind,
                                 steps=cfg.transcoder_steps, batch_tokens=cfg.transcoder_batch_tokens,
                                 l0_coefficient=cfg.transcoder_l0_coefficient, seed=cfg.seed,
                                 progress=progress, cancel=cancel)
-    folder = save_transcoders(tc, out / TRANSCODER_DIR)
+    folder = save_transcoders(tc, out / _OUTPUTS[kind][0])
     (Path(folder) / "training_report.md").write_text(rep.to_markdown(), encoding="utf-8")
     for line in rep.summary_lines():
         _log("  " + line)
     return tc, rep
 
 
-def step_index(out: Path, cfg: BuildConfig, lines: list[str] | None = None, *,
+def step_index(out: Path, cfg: BuildConfig, lines: list[str] | None = None, *, kind: str = "plt",
                progress: ProgressFn | None = None, cancel: CancelToken | None = None):
-    """Feature index of the transcoders -> `out/features.sqlite`.
-
-    Calls `core.feature_index_build.build_feature_index(bundle, tc, windows, out_path, *,
-    corpus_name, seed, progress, cancel) -> FeatureIndex`."""
+    """Feature index of the per-layer or cross-layer transcoders -> `out/features.sqlite` or
+    `out/clt_features.sqlite`."""
     from ..core.feature_index_build import build_feature_index
     from ..core.transcoder_loading import load_transcoders
 
     lines = lines if lines is not None else corpus_lines(cfg)
     bundle, windows = _windows(out, cfg, lines, cfg.index_lines)
-    tc = load_transcoders(out / TRANSCODER_DIR, device="cpu")
-    path = out / INDEX_FILE
+    folder, index_file = _OUTPUTS[kind]
+    tc = load_transcoders(out / folder, device="cpu")
+    path = out / index_file
     path.unlink(missing_ok=True)
     _log(f"index: {windows.shape[0]} windows of {windows.shape[1]} tokens")
     idx = build_feature_index(bundle, tc, windows, path, corpus_name="demo corpus (circuit_studio.demo.corpus)",
@@ -244,7 +244,7 @@ def build(out: str | Path, cfg: BuildConfig, steps: Sequence[str] = STEPS, *,
             continue
         t0 = time.perf_counter()
         _log(f"== {step}")
-        if step in ("corpus", "model", "transcoders", "index") and lines is None:
+        if step in ("corpus", "model", "transcoders", "index", "clt", "clt_index") and lines is None:
             lines = corpus_lines(cfg)
         if step == "corpus":
             step_corpus(out, cfg, lines)
@@ -253,10 +253,12 @@ def build(out: str | Path, cfg: BuildConfig, steps: Sequence[str] = STEPS, *,
                        cancel=cancel)
         elif step == "evaluate":
             step_evaluate(out, cfg, progress=progress, cancel=cancel)
-        elif step == "transcoders":
-            step_transcoders(out, cfg, lines, progress=progress, cancel=cancel)
-        elif step == "index":
-            step_index(out, cfg, lines, progress=progress, cancel=cancel)
+        elif step in ("transcoders", "clt"):
+            step_transcoders(out, cfg, lines, kind="clt" if step == "clt" else "plt", progress=progress,
+                             cancel=cancel)
+        elif step in ("index", "clt_index"):
+            step_index(out, cfg, lines, kind="clt" if step == "clt_index" else "plt", progress=progress,
+                       cancel=cancel)
         timings[step] = time.perf_counter() - t0
         _log(f"== {step} done in {timings[step]:.0f} s")
     return timings

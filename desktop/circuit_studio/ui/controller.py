@@ -28,8 +28,11 @@ class CuratedPrompt:
     answer: str = ""
 
 
-def demo_paths(root: Path = DEMO) -> tuple[Path, Path, Path]:
-    """(model folder, transcoder folder, feature index file) of the bundled demo."""
+def demo_paths(root: Path = DEMO, kind: str = "plt") -> tuple[Path, Path, Path]:
+    """(model folder, transcoder folder, feature index file) of the bundled demo, with its per-layer
+    ("plt") or cross-layer ("clt") transcoders."""
+    if kind == "clt":
+        return root / "model", root / "clt", root / "clt_features.sqlite"
     return root / "model", root / "transcoders", root / "features.sqlite"
 
 
@@ -123,8 +126,8 @@ class Controller(QObject):
             self.aspect_changed.emit(Aspect.LABELS.value)
         self.model_changed.emit()
 
-    def open_demo(self, root: Path = DEMO, on_done=None) -> None:
-        model, transcoders, index = demo_paths(root)
+    def open_demo(self, root: Path = DEMO, on_done=None, kind: str = "plt") -> None:
+        model, transcoders, index = demo_paths(root, kind)
         self.curated = read_curated_prompts(root)
 
         def after_transcoders():

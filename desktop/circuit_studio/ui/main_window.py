@@ -162,6 +162,7 @@ class MainWindow(QMainWindow):
         self._action(file, "Save session &as…", lambda: self.sessions.save_as(None), QKeySequence.SaveAs)
         file.addSeparator()
         self._action(file, "Open &demo", self.open_demo)
+        self._action(file, "Open demo with its cross-&layer transcoder", lambda: self.open_demo("clt"))
         self._action(file, "Open &model folder…", self.open_model, "Ctrl+Shift+O")
         self._action(file, "Open &transcoder folder…", self.open_transcoders)
         self._action(file, "Open feature &index…", self.open_index)
@@ -191,8 +192,8 @@ class MainWindow(QMainWindow):
         self._action(help_menu, "&About Circuit Studio", self._about)
 
     # ---- actions ----
-    def open_demo(self) -> None:
-        self.controller.open_demo(on_done=self._after_demo)
+    def open_demo(self, kind: str = "plt") -> None:
+        self.controller.open_demo(on_done=self._after_demo, kind=kind)
 
     def _after_demo(self) -> None:
         self.prompt_bar.refresh_prompts()
