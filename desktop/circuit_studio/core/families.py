@@ -23,6 +23,10 @@ from torch import nn
 
 READ_HOOKS = ("mlp.hook_in", "ln2.hook_normalized", "hook_resid_mid")
 WRITE_HOOKS = ("mlp.hook_out", "hook_mlp_out")
+# family -> the (read, write) points its transcoders usually use: GemmaScope's for Gemma, the MLP's input
+# and output for the rest
+DEFAULT_HOOKS = {"llama": ("mlp.hook_in", "mlp.hook_out"), "gpt2": ("mlp.hook_in", "mlp.hook_out"),
+                 "gemma": ("ln2.hook_normalized", "hook_mlp_out")}
 
 # model_type -> family. Families share layer structure and norm maths.
 _FAMILY_OF_MODEL_TYPE = {

@@ -20,6 +20,7 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from .families import DEFAULT_HOOKS
 from .transcoders import TranscoderSet
 
 FAMILIES = ("llama", "gemma2", "gemma3", "qwen2", "qwen3", "gpt2")
@@ -189,11 +190,9 @@ def build_model_folder(family: str, folder: str | Path, *, dims: ModelDims = Mod
 
 def default_hooks(family: str) -> tuple[str, str]:
     """(feature_input_hook, feature_output_hook) that transcoders for `family` usually use."""
-    if family in ("gemma2", "gemma3"):
-        return "ln2.hook_normalized", "hook_mlp_out"  # GemmaScope convention
-    if family in ("llama", "qwen2", "qwen3", "gpt2"):
-        return "mlp.hook_in", "mlp.hook_out"
-    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    return DEFAULT_HOOKS["gemma" if family.startswith("gemma") else "gpt2" if family == "gpt2" else "llama"]
 
 
 def random_transcoders(*, n_layers: int, d_model: int, n_features: int, kind: str = "plt",

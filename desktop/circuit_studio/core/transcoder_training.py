@@ -75,15 +75,13 @@ from torch import nn
 
 from .activations import collect_activations
 from .errors import CircuitStudioError
-from .families import READ_HOOKS, WRITE_HOOKS
+from .families import DEFAULT_HOOKS, READ_HOOKS, WRITE_HOOKS
 from .model_loading import ModelBundle
 from .progress import CancelToken, ProgressFn, check, report
 from .replacement import read_point_value, removing_hooks
 from .transcoder_loading import check_transcoders_fit
 from .transcoders import TranscoderSet
 
-DEFAULT_HOOKS = {"llama": ("mlp.hook_in", "mlp.hook_out"), "gpt2": ("mlp.hook_in", "mlp.hook_out"),
-                 "gemma": ("ln2.hook_normalized", "hook_mlp_out")}
 INIT_L0 = 128  # active features per token at initialisation (thresholds are set from data)
 THRESHOLD_LR_SCALE = 1.0  # learning rate of log(threshold) relative to the other parameters
 _CHUNK_TOKENS = 8192  # tokens per forward pass when collecting activations

@@ -1,8 +1,8 @@
 """Build the bundled demo from scratch: corpus -> tokenizer + model -> evaluation -> transcoders ->
 feature index, into one folder (`resources/demo/` in the repo).
 
-    python -m circuit_studio.demo.build --out resources/demo               # full build (~1 h CPU)
-    python -m circuit_studio.demo.build --out /tmp/demo_smoke --smoke      # CI smoke run (< 2 min)
+    python -m circuit_studio.demo.build --out resources/demo               # full build (~85 min on 2 cores)
+    python -m circuit_studio.demo.build --out /tmp/demo_smoke --smoke      # toy-size run of every step (~30 s)
     python -m circuit_studio.demo.build --out resources/demo --only corpus,model --minutes 50
 
 Steps (`--only` takes a comma-separated subset, in this order):
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m circuit_studio.demo.build",
                                  description="Regenerate the bundled demo (corpus, model, transcoders, index).")
     ap.add_argument("--out", required=True, help="output folder (resources/demo for the shipped demo)")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes and a few hundred steps (CI)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes and a few hundred steps: a quick check of the whole pipeline")
     ap.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps of {','.join(STEPS)}")
     ap.add_argument("--steps", type=int, help="model training steps (a cap when --minutes is given)")
     ap.add_argument("--minutes", type=float, help="model training wall-time budget; 0 = no budget")

@@ -129,8 +129,13 @@ class InterventionUpdate:
         return self.n_tokens > 0 and self.steered is None
 
     def probabilities(self) -> tuple[np.ndarray, np.ndarray]:
-        """Next-token probabilities (float64 [V]) before and after, at the last position."""
-        return (torch.softmax(self.before[-1].double(), -1).numpy(), torch.softmax(self.after[-1].double(), -1).numpy())
+        """Next-token probabilities (float64 [V]) before and after, at the last position. Computed once:
+        the bars, the session's saved tokens and every autosave read them."""
+        probs = self.__dict__.get("_probabilities")
+        if probs is None:
+            probs = (torch.softmax(self.before[-1].double(), -1).numpy(), torch.softmax(self.after[-1].double(), -1).numpy())
+            object.__setattr__(self, "_probabilities", probs)  # a memo, not state: frozen otherwise
+        return probs
 
 
 @dataclass(frozen=True)
