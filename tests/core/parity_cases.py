@@ -8,8 +8,11 @@ with the reason when the fixtures are absent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 from circuit_studio.core.graph import AttributionGraph, AttributionParams
+from circuit_studio.core.transcoder_loading import load_transcoders
 
 VOCAB_SIZE = 65  # every case uses the same tiny WordLevel vocabulary
 _DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "parity"
@@ -102,3 +106,47 @@ def reference_graph(case_dir: Path) -> AttributionGraph:
         model_name=case.get("arch", ""),
         transcoder_name=front["scan"],
     )
+
+
+@contextmanager
+def hf_home(folder: Path):
+    """Point the Hugging Face cache at `folder` (HF_HOME) for the duration."""
+    saved = {k: os.environ.pop(k, None) for k in ("HF_HOME", "HF_HUB_CACHE")}
+    os.environ["HF_HOME"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("HF_HOME")
+        for k, v in saved.items():
+            if v is not None:
+                os.environ[k] = v
+
+
+def load_case_transcoders(case_dir: Path, **kw):
+    """The case's transcoders, referenced as case.json's `transcoder_source` says: a local
+    config.yaml, or a Hugging Face reference resolved from the case's own hub cache."""
+    case_dir = Path(case_dir)
+    source = case_json(case_dir).get("transcoder_source") or {"type": "local_config",
+                                                               "config": "transcoders/config.yaml"}
+    if source["type"] == "hf_cache":
+        with hf_home(case_dir / source["hf_home"]):
+            return load_transcoders(source["hf_ref"], **kw)
+    return load_transcoders(case_dir / source["config"], **kw)
+
+
+def token_edges_rescaled(case_dir: Path) -> bool:
+    """Gemma-3 cases: circuit-tracer 0.5.0 reports token edges as 1/sqrt(d) of the token's effect
+    (parity README, "Gemma-3 models"); Circuit Studio reports the effect itself."""
+    return case_json(case_dir).get("arch") == "gemma3"
+
+
+def expected_graph(case_dir: Path) -> AttributionGraph:
+    """The reference graph as Circuit Studio must reproduce it: for Gemma-3, with the token-source
+    columns multiplied by sqrt(d_model); otherwise exactly circuit-tracer's."""
+    graph = reference_graph(case_dir)
+    if not token_edges_rescaled(case_dir):
+        return graph
+    adj = graph.adjacency_matrix.copy()
+    tok = slice(graph.token_offset, graph.token_offset + graph.n_pos)
+    adj[:, tok] *= math.sqrt(case_json(case_dir)["dims"]["d_model"])
+    return dataclasses.replace(graph, adjacency_matrix=adj)

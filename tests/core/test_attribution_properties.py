@@ -54,7 +54,7 @@ def test_edges_equal_frozen_interventions(case, tiny_model_folder):
     demeaned = w_u[torch.from_numpy(graph.logit_token_ids)] - w_u.mean(0)  # [K, d]
     feat_nodes = torch.arange(graph.n_features)
     f_layer, f_pos, f_idx = torch.from_numpy(graph.active_features[graph.selected_features]).unbind(1)
-    enc = tc.w_enc[f_layer, f_idx]  # [n, d]
+    enc = tc.encoder_rows(f_layer, f_idx)  # [n, d]
 
     def targets_of(out) -> torch.Tensor:
         """Pre-activation of every feature node and demeaned logit of every logit node."""

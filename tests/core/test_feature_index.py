@@ -176,7 +176,7 @@ def test_planted_feature_gives_the_known_contexts_and_label(tiny_model_folder, t
     others = proj[vocab != ids["Dallas"]].max()
     assert others < r_dallas.norm() - 0.05  # "Dallas" is separable from every other token
     tc = _tc("llama", jumprelu=False)
-    w_enc, b_enc, w_dec0 = tc.w_enc.clone(), tc.b_enc.clone(), tc.w_dec[0].clone()
+    w_enc, b_enc, w_dec0 = torch.stack(tc.w_enc), tc.b_enc.clone(), tc.w_dec[0].clone()
     w_enc[0, 0], b_enc[0, 0] = u, -(others + r_dallas.norm()) / 2
     w_dec0[0] = bundle.arch.unembed[ids["Austin"]] / bundle.arch.final_norm.gain
     tc = dataclasses.replace(tc, w_enc=w_enc, b_enc=b_enc, w_dec=(w_dec0, *tc.w_dec[1:]))

@@ -15,8 +15,8 @@ from circuit_studio.core.attribution import attribute
 from circuit_studio.core.graph import AttributionParams, load_graph, save_graph
 from circuit_studio.core.model_loading import load_model
 from circuit_studio.core.pruning import graph_scores, prune_graph
-from circuit_studio.core.transcoder_loading import load_transcoders
-from parity_cases import case_dirs
+from circuit_studio.core.targets import CustomTarget
+from parity_cases import case_dirs, expected_graph, load_case_transcoders, token_edges_rescaled
 
 CASES = case_dirs()
 pytestmark = pytest.mark.skipif(not CASES, reason="no parity cases found (../shared/parity nor tests/fixtures/parity_extra)")
@@ -28,13 +28,27 @@ def _params(case: dict) -> AttributionParams:
                              update_interval=case["update_interval"])
 
 
+def case_targets(folder, case: dict):
+    """What circuit-tracer was given as `attribution_targets` (parity README, "Custom attribution
+    targets"); None for salient-logit cases."""
+    t = case.get("targets")
+    if t is None:
+        return None
+    if t["kind"] == "ids":
+        return torch.tensor(t["token_ids"])
+    if t["kind"] == "strings":
+        return list(t["token_strings"])
+    return [CustomTarget(c["label"], c["probability"], torch.from_numpy(np.load(folder / c["vector_file"])))
+            for c in t["custom"]]
+
+
 @pytest.fixture(scope="module", params=CASES, ids=[c.name for c in CASES])
 def traced(request):
     folder = request.param
     case = json.loads((folder / "case.json").read_text())
     bundle = load_model(folder / "model", device="cpu")
-    tc = load_transcoders(folder / "transcoders")
-    graph = attribute(case["prompt"], bundle, tc, _params(case))
+    tc = load_case_transcoders(folder)
+    graph = attribute(case["prompt"], bundle, tc, _params(case), targets=case_targets(folder, case))
     return folder, case, graph, np.load(folder / "reference.npz")
 
 
@@ -47,18 +61,32 @@ def test_same_nodes_and_targets(traced):
 
 
 def test_same_adjacency(traced):
-    _, _, graph, ref = traced
-    np.testing.assert_allclose(graph.adjacency_matrix, ref["adjacency_matrix"], atol=1e-5, rtol=1e-4)
+    folder, _, graph, _ = traced
+    np.testing.assert_allclose(graph.adjacency_matrix, expected_graph(folder).adjacency_matrix,
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_logit_nodes_are_the_targets_asked_for(traced):
+    folder, case, graph, ref = traced
+    meta = json.loads((folder / "reference.json").read_text())
+    assert list(graph.logit_tokens) == [label for label, _ in meta["logit_targets"]]
+    np.testing.assert_array_equal(graph.logit_token_ids, ref["logit_token_ids"])
 
 
 def test_same_pruning_and_scores(traced):
     folder, case, graph, ref = traced
     meta = json.loads((folder / "reference.json").read_text())
     result = prune_graph(graph, case["node_threshold"], case["edge_threshold"])
+    replacement, completeness = graph_scores(graph)
+    if token_edges_rescaled(folder):
+        # our token edges are sqrt(d) x circuit-tracer's, so pruning sees other row sums: compare with
+        # the reference adjacency rescaled the same way, pruned
+        want = prune_graph(expected_graph(folder), case["node_threshold"], case["edge_threshold"])
+        ref = {"node_mask": want.node_mask, "edge_mask": want.edge_mask, "cumulative_scores": want.cumulative_scores}
+        meta = dict(zip(("replacement_score", "completeness_score"), graph_scores(expected_graph(folder))))
     np.testing.assert_array_equal(result.node_mask, ref["node_mask"])
     np.testing.assert_array_equal(result.edge_mask, ref["edge_mask"])
     np.testing.assert_allclose(result.cumulative_scores, ref["cumulative_scores"], atol=1e-5, rtol=1e-4)
-    replacement, completeness = graph_scores(graph)
     assert replacement == pytest.approx(meta["replacement_score"], abs=1e-5)
     assert completeness == pytest.approx(meta["completeness_score"], abs=1e-5)
 
@@ -76,8 +104,8 @@ def test_batch_size_does_not_change_the_graph(traced):
     if case["max_feature_nodes"] is not None:
         pytest.skip("with a feature budget, batch_size sets the frontier's step size (spec §3.4)")
     bundle = load_model(folder / "model", device="cpu")
-    tc = load_transcoders(folder / "transcoders")
-    other = attribute(case["prompt"], bundle, tc, AttributionParams(batch_size=5))
+    other = attribute(case["prompt"], bundle, load_case_transcoders(folder), AttributionParams(batch_size=5),
+                      targets=case_targets(folder, case))
     np.testing.assert_allclose(other.adjacency_matrix, graph.adjacency_matrix, atol=1e-6)
 
 
@@ -86,6 +114,7 @@ def test_batch_size_does_not_change_the_graph(traced):
 def test_cuda_matches_reference(traced):
     folder, case, _, ref = traced
     bundle = load_model(folder / "model", device="cuda")
-    graph = attribute(case["prompt"], bundle, load_transcoders(folder / "transcoders"), _params(case))
+    graph = attribute(case["prompt"], bundle, load_case_transcoders(folder), _params(case),
+                      targets=case_targets(folder, case))
     np.testing.assert_array_equal(graph.active_features, ref["active_features"])
-    np.testing.assert_allclose(graph.adjacency_matrix, ref["adjacency_matrix"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(graph.adjacency_matrix, expected_graph(folder).adjacency_matrix, atol=1e-4, rtol=1e-4)

@@ -112,20 +112,20 @@ def test_random_transcoder_shapes(kind, skip):
     tc = syn.random_transcoders(n_layers=L, d_model=d, n_features=F, kind=kind, skip=skip,
                                 feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out")
     assert (tc.n_layers, tc.d_model, tc.n_features, tc.kind) == (L, d, F, kind)
-    assert tc.w_enc.shape == (L, F, d) and tc.b_enc.shape == (L, F) and tc.b_dec.shape == (L, d)
+    assert [w.shape for w in tc.w_enc] == [(F, d)] * L and tc.b_enc.shape == (L, F) and tc.b_dec.shape == (L, d)
     assert tc.threshold is not None and tc.threshold.shape == (L, F)
     assert len(tc.w_dec) == L
     for l, w in enumerate(tc.w_dec):
         assert w.shape == ((F, L - l, d) if kind == "clt" else (F, d))
     assert (tc.w_skip is not None) == skip
     if skip:
-        assert tc.w_skip.shape == (L, d, d)
+        assert [w.shape for w in tc.w_skip] == [(d, d)] * L
     x = torch.randn(L, 5, d)
     acts = torch.stack([tc.encode(l, x[l]) for l in range(L)])
     assert tc.reconstruct(acts, x).shape == (L, 5, d)
     again = syn.random_transcoders(n_layers=L, d_model=d, n_features=F, kind=kind, skip=skip,
                                    feature_input_hook="a", feature_output_hook="b")
-    assert torch.equal(tc.w_enc, again.w_enc) and torch.equal(tc.w_dec[-1], again.w_dec[-1])
+    assert all(map(torch.equal, tc.w_enc, again.w_enc)) and torch.equal(tc.w_dec[-1], again.w_dec[-1])
 
 
 def test_random_transcoders_relu_and_clt_skip():
@@ -151,7 +151,7 @@ def test_calibrate_thresholds_on_model_inputs(family):
     tc = syn.random_transcoders(n_layers=dims.n_layers, d_model=dims.d_model, n_features=F,
                                 kind="clt", feature_input_hook="x", feature_output_hook="y")
     cal = syn.calibrate_thresholds(tc, reads, active_per_token=K)
-    assert cal is not tc and torch.equal(cal.w_enc, tc.w_enc)
+    assert cal is not tc and all(map(torch.equal, cal.w_enc, tc.w_enc))
     assert torch.count_nonzero(cal.b_enc) == 0 and bool((cal.threshold >= 1e-3).all())
     for l in range(dims.n_layers):
         per_token = (cal.encode(l, reads[l]) != 0).sum(-1).float()

@@ -38,8 +38,9 @@ def make_set(kind: str = "plt", L: int = 2, jump: bool = True, skip: bool = Fals
 def assert_same(a: TranscoderSet, b: TranscoderSet) -> None:
     assert (a.kind, a.feature_input_hook, a.feature_output_hook, a.scan) == \
         (b.kind, b.feature_input_hook, b.feature_output_hook, b.scan)
-    for x, y in [(a.w_enc, b.w_enc), (a.b_enc, b.b_enc), (a.b_dec, b.b_dec),
-                 (a.threshold, b.threshold), (a.w_skip, b.w_skip), *zip(a.w_dec, b.w_dec)]:
+    assert (a.w_skip is None) == (b.w_skip is None)
+    for x, y in [(a.b_enc, b.b_enc), (a.b_dec, b.b_dec), (a.threshold, b.threshold),
+                 *zip(a.w_enc, b.w_enc), *zip(a.w_dec, b.w_dec), *zip(a.w_skip or (), b.w_skip or ())]:
         assert (x is None) == (y is None)
         if x is not None:
             assert x.dtype == y.dtype and torch.equal(x, y)
@@ -186,7 +187,7 @@ def test_relative_absolute_and_other_cwd(tmp_path: Path, monkeypatch: pytest.Mon
     b = load_transcoders(Path("..") / "set" / "config.yaml")
     assert a.source == b.source == root.resolve()
     ref = load_transcoders(src)
-    assert torch.equal(a.w_enc, ref.w_enc) and torch.equal(b.w_dec[1], ref.w_dec[1])
+    assert all(map(torch.equal, a.w_enc, ref.w_enc)) and torch.equal(b.w_dec[1], ref.w_dec[1])
     assert a.scan == "set"  # no scan in the config: the folder's name
 
 
@@ -217,7 +218,7 @@ def test_missing_folder_and_config(tmp_path: Path) -> None:
     ("model_kind: transcoder_set\nfeature_input_hook: blocks.0.hook_resid_pre\n"
      "feature_output_hook: mlp.hook_out\n", "blocks.0.hook_resid_pre"),
     (PLT_HEAD + "transcoders: []\n", "transcoders"),
-    (PLT_HEAD + "transcoders:\n  - hf://mntss/transcoder-Llama/layer_0.safetensors\n", "hf://"),
+    (PLT_HEAD + "transcoders:\n  - hf://mntss/transcoder-Llama/layer_0.safetensors\n", "mntss/transcoder-Llama"),
     (PLT_HEAD + "transcoders:\n  - gone/layer_0.safetensors\n", "gone/layer_0.safetensors"),
     (PLT_HEAD, "transcoders"),
 ])
@@ -320,7 +321,7 @@ def test_progress_cancel_device_dtype(tmp_path: Path) -> None:
     out = plt_folder(tmp_path)
     seen = []
     tc = load_transcoders(out, dtype=torch.float64, progress=lambda p: seen.append(p.done))
-    assert seen == [0, 1, 2, 3] and tc.w_enc.dtype == tc.w_dec[0].dtype == torch.float64
+    assert seen == [0, 1, 2, 3] and tc.w_enc[0].dtype == tc.w_dec[0].dtype == torch.float64
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):

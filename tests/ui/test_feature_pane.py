@@ -296,7 +296,7 @@ def test_example_rows_elide_around_the_max_token_and_explain_on_hover(qtbot):
 def test_index_for_other_transcoders_is_reported_not_shown(world, controller, pane, tmp_path):
     analysis = _with_index(controller, world)
     controller.transcoders = dataclasses.replace(
-        world["tc"], w_enc=world["tc"].w_enc[:, :10], b_enc=world["tc"].b_enc[:, :10])
+        world["tc"], w_enc=tuple(w[:10] for w in world["tc"].w_enc), b_enc=world["tc"].b_enc[:, :10])
     controller.model_changed.emit()
     analysis.select(_strongest_feature(analysis.graph))
     assert "built for other transcoders" in pane.description.text() and not pane.scroll.isVisible()

@@ -32,26 +32,9 @@ from .graph import AttributionGraph, AttributionParams
 from .model_loading import ModelBundle, decode_tokens, tokenize_prompt
 from .progress import CancelToken, ProgressFn, check, report
 from .replacement import CleanRun, record_clean_run
+from .targets import LogitTargets, TargetSpec, resolve_targets, select_logit_targets
 from .transcoder_loading import check_transcoders_fit
 from .transcoders import TranscoderSet
-
-
-@dataclass(frozen=True)
-class LogitTargets:
-    token_ids: torch.Tensor  # int64 [K]
-    probabilities: torch.Tensor  # float32 [K]
-    vectors: torch.Tensor  # [K, d] demeaned unembedding rows
-
-
-def select_logit_targets(logits: torch.Tensor, unembed: torch.Tensor, max_n_logits: int,
-                         desired_logit_prob: float) -> LogitTargets:
-    """logits [V] at the last position, unembed [V, d] -> the smallest top set reaching the probability."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    top_p, top_idx = torch.topk(probs, min(max_n_logits, probs.shape[0]))
-    cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), desired_logit_prob)) + 1
-    top_p, top_idx = top_p[:cutoff], top_idx[:cutoff]
-    w = unembed.float()
-    return LogitTargets(top_idx.cpu(), top_p.cpu(), w[top_idx] - w.mean(0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,20 +46,26 @@ class _Phase0:
     targets: LogitTargets
 
 
-def _phase0(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet, params: AttributionParams) -> _Phase0:
+def _phase0(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet, params: AttributionParams,
+            targets: TargetSpec = None) -> _Phase0:
     clean = record_clean_run(bundle, ids, tc)
     L = tc.n_layers
     zeroed = bundle.n_zeroed_positions
     with torch.no_grad():
-        acts = torch.stack([tc.encode(layer, clean.reads[layer]) for layer in range(L)])  # [L, P, F]
+        acts = []
+        for layer in range(L):
+            # float32 whatever the model's dtype: which features are active must not hinge on rounding
+            acts.append(tc.encode(layer, clean.reads[layer].float()))  # [P, F]
+            tc.release_layer(layer)  # a memory-mapped encoder is read once; let its pages go
+        acts = torch.stack(acts)  # [L, P, F]
         acts[:, :zeroed] = 0
         active = torch.nonzero(acts)  # row-major, hence (layer, pos, feature) lexicographic
         values = acts[active[:, 0], active[:, 1], active[:, 2]]
-        errors = clean.writes - tc.reconstruct(acts, clean.reads)
+        errors = clean.writes.float() - tc.reconstruct(acts, clean.reads.float())
         errors[:, :zeroed] = 0
-    targets = select_logit_targets(clean.logits[-1], bundle.arch.unembed, params.max_n_logits,
-                                   params.desired_logit_prob)
-    return _Phase0(clean, active, values, errors, targets)
+    logit_targets = resolve_targets(targets, clean.logits[-1], bundle.arch.unembed, bundle.tokenizer,
+                                    params.max_n_logits, params.desired_logit_prob)
+    return _Phase0(clean, active, values, errors, logit_targets)
 
 
 class _EdgeRows:
@@ -141,7 +130,7 @@ class _EdgeRows:
 
 def _feature_targets(p0: _Phase0, tc: TranscoderSet, which: torch.Tensor) -> Targets:
     layers, pos, feat = p0.active[which].unbind(1)
-    return Targets(layers, pos, tc.w_enc[layers.to(tc.w_enc.device), feat.to(tc.w_enc.device)])
+    return Targets(layers, pos, tc.encoder_rows(layers, feat))
 
 
 def _partial_influences(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor,
@@ -163,9 +152,11 @@ def _partial_influences(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs
 
 
 def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, transcoders: TranscoderSet,
-              params: AttributionParams = AttributionParams(), *, progress: ProgressFn | None = None,
-              cancel: CancelToken | None = None) -> AttributionGraph:
-    """Compute the full attribution graph of `prompt` (see the module docstring)."""
+              params: AttributionParams = AttributionParams(), *, targets: TargetSpec = None,
+              progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> AttributionGraph:
+    """Compute the full attribution graph of `prompt` (see the module docstring). `targets`
+    chooses the logit nodes (`core.targets`): None for the salient logits, token ids, token
+    strings or CustomTarget directions."""
     for name, value in (("batch_size", params.batch_size), ("max_n_logits", params.max_n_logits),
                         ("update_interval", params.update_interval)):
         if value < 1:
@@ -178,9 +169,9 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
                           model_name=bundle.name)
     started = time.perf_counter()
     ids = tokenize_prompt(bundle, prompt)
-    tc = transcoders.to(bundle.device, bundle.dtype)
+    tc = transcoders  # weights are cast to the model's device and dtype piece by piece, as used
     report(progress, "Forward pass", 0, 1)
-    p0 = _phase0(bundle, ids, tc, params)
+    p0 = _phase0(bundle, ids, tc, params, targets)
     check(cancel)
     report(progress, "Forward pass", 1, 1)
     timings = {"forward": time.perf_counter() - started}
@@ -266,7 +257,7 @@ def _package(bundle: ModelBundle, p0: _Phase0, matrix: torch.Tensor, row_nodes: 
         selected_features=selected.numpy().astype(np.int64),
         logit_token_ids=p0.targets.token_ids.numpy().astype(np.int64),
         logit_probabilities=p0.targets.probabilities.numpy().astype(np.float32),
-        logit_tokens=decode_tokens(bundle, p0.targets.token_ids),
+        logit_tokens=p0.targets.labels or decode_tokens(bundle, p0.targets.token_ids),
         adjacency_matrix=adj, n_layers=L, vocab_size=int(bundle.arch.unembed.shape[0]), params=params,
         model_name=bundle.name, transcoder_name=transcoder_name,
         provenance=_provenance(bundle),
@@ -289,4 +280,4 @@ def _provenance(bundle: ModelBundle) -> dict:
             "model_folder": str(bundle.summary.folder)}
 
 
-__all__ = ["attribute", "select_logit_targets", "LogitTargets", "PromptError"]
+__all__ = ["attribute", "select_logit_targets", "resolve_targets", "LogitTargets", "PromptError"]

@@ -34,9 +34,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import sqlite3
-import uuid
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -45,6 +43,7 @@ import numpy as np
 import torch
 
 from .activations import collect_activations
+from .atomic_write import output_error, replace_all_or_none
 from .feature_index import INDEX_FORMAT, INDEX_VERSION, FeatureIndex, FeatureIndexError, pack_arrays
 from .model_loading import ModelBundle
 from .progress import CancelToken, ProgressFn, check, report
@@ -137,7 +136,7 @@ class _Run:
     def __init__(self, bundle: ModelBundle, tc: TranscoderSet, windows: torch.Tensor, batch_size: int) -> None:
         self.bundle, self.tc, self.windows, self.bs = bundle, tc, windows, batch_size
         self.n_batches = (windows.shape[0] + batch_size - 1) // batch_size
-        self.device = tc.w_enc.device
+        self.device = tc.w_enc[0].device
 
     def batch(self, b: int, layers: list[int]):
         """Yield (layer, window offset, activations [B, T, F]) for batch b (BOS column zeroed)."""
@@ -146,7 +145,7 @@ class _Run:
         rec = collect_activations(self.bundle, ids, feature_input_hook=self.tc.feature_input_hook,
                                   feature_output_hook=self.tc.feature_output_hook, layers=layers)
         for i, l in enumerate(layers):
-            x = rec.reads[i].to(device=self.device, dtype=self.tc.w_enc.dtype)
+            x = rec.reads[i].to(device=self.device, dtype=torch.float32)  # weights are cast per chunk
             acts = self.tc.encode(l, x).float()
             acts[:, 0] = 0.0
             yield l, start, acts
@@ -316,37 +315,33 @@ def build_feature_index(bundle: ModelBundle, tc: TranscoderSet, windows: torch.T
     _pass2(run, st, groups[0], before, seed, progress, cancel)
     st = st.to_cpu()
 
-    tmp = out_path.parent / f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    conn = None
-    try:
+    with replace_all_or_none([out_path], error=_write_error) as (tmp,):
         conn = sqlite3.connect(tmp)
-        _create_schema(conn)
-        n_tokens = N * (T - 1)
-        _examples_and_write(conn, run, st, groups, before, after, n_tokens, n_logits, progress, cancel)
-        settings = dict(top_k=top_k, n_quantile_bands=nb, examples_per_band=pb, context_window=[-before, after],
-                        histogram_bins=histogram_bins, n_logits=n_logits, batch_size=batch_size, seed=seed)
-        meta = dict(format=INDEX_FORMAT, version=INDEX_VERSION, model=bundle.name, transcoder_scan=tc.scan,
-                    transcoder_kind=tc.kind, transcoder_source=str(tc.source or ""),
-                    transcoder_fingerprint=transcoder_fingerprint(tc), feature_input_hook=tc.feature_input_hook,
-                    feature_output_hook=tc.feature_output_hook, n_layers=tc.n_layers, n_features=tc.n_features,
-                    corpus=corpus_name, n_windows=N, context=T, n_tokens=n_tokens,
-                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    settings=json.dumps(settings))
-        conn.executemany("INSERT INTO meta VALUES (?, ?)", [(key, str(v)) for key, v in meta.items()])
-        conn.commit()
-        conn.close()
-        check(cancel)
-        os.replace(tmp, out_path)
-    except BaseException as e:
-        if conn is not None:
+        try:
+            _create_schema(conn)
+            n_tokens = N * (T - 1)
+            _examples_and_write(conn, run, st, groups, before, after, n_tokens, n_logits, progress, cancel)
+            settings = dict(top_k=top_k, n_quantile_bands=nb, examples_per_band=pb, context_window=[-before, after],
+                            histogram_bins=histogram_bins, n_logits=n_logits, batch_size=batch_size, seed=seed)
+            meta = dict(format=INDEX_FORMAT, version=INDEX_VERSION, model=bundle.name, transcoder_scan=tc.scan,
+                        transcoder_kind=tc.kind, transcoder_source=str(tc.source or ""),
+                        transcoder_fingerprint=transcoder_fingerprint(tc), feature_input_hook=tc.feature_input_hook,
+                        feature_output_hook=tc.feature_output_hook, n_layers=tc.n_layers, n_features=tc.n_features,
+                        corpus=corpus_name, n_windows=N, context=T, n_tokens=n_tokens,
+                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        settings=json.dumps(settings))
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(key, str(v)) for key, v in meta.items()])
+            conn.commit()
+        finally:
             conn.close()
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (sqlite3.Error, OSError)):
-            raise FeatureIndexError(f"Cannot write the feature index {out_path} ({e}).",
-                                    "Check the free disk space and the folder's permissions.") from e
-        raise
+        check(cancel)
     report(progress, "Writing index", 1, 1)
     return FeatureIndex.open(out_path)
+
+
+def _write_error(e: BaseException, path: Path | str) -> FeatureIndexError:
+    """A failed write of the index, as the FeatureIndexError that says why (nothing is left behind)."""
+    return output_error(e, path, cls=FeatureIndexError)
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:

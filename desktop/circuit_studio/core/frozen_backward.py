@@ -61,7 +61,7 @@ class FrozenBackward:
         self.mlp_scales = cast(clean.mlp_scales)
         self.post_mlp_scales = cast(clean.post_mlp_scales)
         self.final_scale = cast(clean.final_scale)
-        self.w_skip = cast(tc.w_skip)
+        self.w_skip = None if tc.w_skip is None else torch.stack([cast(w) for w in tc.w_skip])  # [L, d, d]
         # Fold every frozen diagonal of the attention path into its neighbours, once:
         #   pattern'[h, q, k] = s_post_attn[q] * pattern[h, q, k] * s_attn[k]   (per-position scales)
         #   w_o' = diag(post-attn gain) w_o,  w_v' = w_v diag(attn gain)          (per-channel gains)

@@ -238,7 +238,7 @@ def calibrate_thresholds(tc: TranscoderSet, read_inputs: list[torch.Tensor],
     q = min(max(1.0 - active_per_token / F, 0.0), 1.0)
     thresholds = []
     for l in range(L):
-        pre = read_inputs[l].to(tc.w_enc.dtype) @ tc.w_enc[l].T  # [N, F], b_enc = 0
+        pre = read_inputs[l].to(tc.dtype) @ tc.w_enc[l].T  # [N, F], b_enc = 0
         # torch.quantile refuses inputs of more than 2**24 elements: go in feature chunks.
         step = max(1, (1 << 24) // max(1, pre.shape[0]))
         thr = torch.cat([torch.quantile(pre[:, i:i + step], q, dim=0) for i in range(0, F, step)])

@@ -318,14 +318,14 @@ class JumpReLUTranscoder(nn.Module):
     @torch.no_grad()
     def load_folded(self, tc: TranscoderSet, layers: list[int]) -> None:
         """Start from an existing set's `layers` (the inverse of `folded`)."""
-        w_enc = tc.w_enc[layers].to(self.W_enc)
+        w_enc = torch.stack([tc.w_enc[l] for l in layers]).to(self.W_enc)
         self.W_enc.copy_(w_enc * self.sigma_x[:, None, None])
         self.b_enc.copy_(tc.b_enc[layers].to(self.b_enc) + torch.einsum("lfd,ld->lf", w_enc, self.mu_x))
         thr = tc.threshold[layers] if tc.threshold is not None else torch.full_like(tc.b_enc[layers], 1e-4)
         self.log_threshold.copy_(thr.to(self.b_enc).clamp(min=1e-6).log())
         b_dec = tc.b_dec[layers].to(self.b_dec)
         if self.W_skip is not None:
-            w_skip = (tc.w_skip[layers] if tc.w_skip is not None else torch.zeros_like(self.W_skip)).to(self.W_skip)
+            w_skip = (torch.stack([tc.w_skip[l] for l in layers]) if tc.w_skip is not None else torch.zeros_like(self.W_skip)).to(self.W_skip)
             self.W_skip.copy_(self.y_proj.transpose(1, 2) @ w_skip * self.sigma_x[:, None, None])
             b_dec = b_dec + torch.einsum("ld,led->le", self.mu_x, w_skip)
         self.b_dec.copy_(torch.bmm((b_dec - self.mu_y)[:, None], self.y_proj)[:, 0])
@@ -860,10 +860,10 @@ def train_transcoders(bundle: ModelBundle, windows: torch.Tensor, *, width: int,
             del model, opt
         del reads, writes
 
-    tc = TranscoderSet(kind, hooks[0], hooks[1], torch.cat([f.w_enc for f in folded]),
+    tc = TranscoderSet(kind, hooks[0], hooks[1], tuple(w for f in folded for w in f.w_enc),
                        torch.cat([f.b_enc for f in folded]), torch.cat([f.threshold for f in folded]),
                        tuple(w for f in folded for w in f.w_dec), torch.cat([f.b_dec for f in folded]),
-                       torch.cat([f.w_skip for f in folded]) if skip else None, f"circuit-studio-{kind}-{F}")
+                       tuple(w for f in folded for w in f.w_skip) if skip else None, f"circuit-studio-{kind}-{F}")
     check_transcoders_fit(tc, n_layers=L, d_model=d, model_name=bundle.name)
     with _threads_for(forward_size):
         layer_reports, fired_held = _evaluate(bundle, tc, held, measure_loss=measure_loss,
