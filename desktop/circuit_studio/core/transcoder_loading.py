@@ -505,7 +505,7 @@ def load_transcoders(spec: str | Path, *, device: torch.device | str = "cpu", dt
                 big[name].append(place(t))
             else:
                 small[name].append(t.to(device=device, dtype=small_dtype))
-        weight_files.drop_pages(lp.files)  # checked; they are read again when attribution needs them
+            weight_files.drop_pages(lp.files)  # checked; read again when attribution needs them
     report(progress, "Loading transcoders", L, L)
     return TranscoderSet(plan.kind, plan.input_hook, plan.output_hook, tuple(big["W_enc"]),
                          torch.stack(small["b_enc"]),

@@ -96,8 +96,8 @@ class Controller(QObject):
             return
 
         def job(progress, cancel):
-            tc = load_transcoders(folder, device=bundle.device, dtype=bundle.dtype, progress=progress,
-                                  cancel=cancel)
+            # stored dtype, memory-mapped on the CPU; copied whole only to a GPU
+            tc = load_transcoders(folder, device=bundle.device, progress=progress, cancel=cancel)
             check_transcoders_fit(tc, n_layers=bundle.arch.n_layers, d_model=bundle.arch.d_model,
                                   model_name=bundle.name)
             return tc
