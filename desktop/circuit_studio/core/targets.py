@@ -9,7 +9,8 @@ node stands for the scalar `<h_final[P-1], v>`:
   the ordinary forward pass over the whole vocabulary;
 * token strings, each of which must encode to exactly one token, then as ids;
 * custom directions `CustomTarget(label, probability, vector)`: the vector as given (not demeaned),
-  the probability used as the node's weight, and a virtual vocabulary id `V + i`.
+  the probability used as the node's weight, and a virtual vocabulary id `V + i`;
+* `LogitDiff(a, b)`: the direction logit(a) - logit(b), built as circuit-tracer's demo builds it.
 
 The probabilities are the logit nodes' weights in influence, pruning and the scores.
 """
@@ -33,12 +34,23 @@ class CustomTarget:
     vector: torch.Tensor  # [d_model]
 
 
-TargetSpec = Union[None, torch.Tensor, Sequence[int], Sequence[str], Sequence[CustomTarget]]
+@dataclass(frozen=True)
+class LogitDiff:
+    """logit(a) - logit(b) for two tokens (ids or single-token strings), built as circuit-tracer's
+    attribution-targets demo builds it: vector (W_U[a] - m) - (W_U[b] - m) with m the mean
+    unembedding row, label "logit(A) - logit(B)", weight max(|p_a - p_b|, 1e-6)."""
+
+    a: int | str
+    b: int | str
+
+
+Target = Union[int, str, CustomTarget, LogitDiff]
+TargetSpec = Union[None, torch.Tensor, Sequence[Target]]
 
 
 @dataclass(frozen=True)
 class LogitTargets:
-    token_ids: torch.Tensor  # int64 [K]; V + i for the i-th custom target
+    token_ids: torch.Tensor  # int64 [K]; V + i for a direction at list index i
     probabilities: torch.Tensor  # float32 [K]
     vectors: torch.Tensor  # [K, d]
     labels: tuple[str, ...] | None = None  # None: decode the token ids
@@ -55,9 +67,28 @@ def select_logit_targets(logits: torch.Tensor, unembed: torch.Tensor, max_n_logi
     return LogitTargets(top_idx.cpu(), top_p.cpu(), w[top_idx] - w.mean(0))
 
 
+def token_id(target: int | str, tokenizer, V: int) -> int:
+    """A token id from an id or a string that must encode to exactly one token."""
+    if isinstance(target, str):
+        enc = tokenizer.encode(target, add_special_tokens=False)
+        if len(enc) != 1:
+            raise PromptError(f"Target {target!r} is {len(enc)} tokens, not one.",
+                              "Give a string that is a single token of this model (or its token id).")
+        target = enc[0]
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise PromptError(f"Attribution target {target!r} is not a token id, string or direction.",
+                          "Give token ids, token strings, CustomTarget directions or LogitDiff pairs.")
+    if not 0 <= target < V:
+        raise PromptError(f"Target token id {target} is outside the vocabulary (0..{V - 1}).",
+                          "Give ids the model's tokenizer produces.")
+    return target
+
+
 def resolve_targets(spec: TargetSpec, logits: torch.Tensor, unembed: torch.Tensor, tokenizer,
                     max_n_logits: int, desired_logit_prob: float) -> LogitTargets:
-    """The logit nodes for `spec` (see the module docstring); logits [V] at the last position."""
+    """The logit nodes for `spec` (see the module docstring), in the order given; logits [V] at
+    the last position. Lists may mix kinds (circuit-tracer's may not); directions at list index i
+    get the virtual id V + i, as in circuit-tracer's all-direction lists."""
     if spec is None:
         return select_logit_targets(logits, unembed, max_n_logits, desired_logit_prob)
     items = spec.tolist() if isinstance(spec, torch.Tensor) else list(spec)
@@ -65,41 +96,30 @@ def resolve_targets(spec: TargetSpec, logits: torch.Tensor, unembed: torch.Tenso
         raise PromptError("The list of attribution targets is empty.",
                           "Give at least one token, token id or direction, or none for the top logits.")
     V, d = logits.shape[-1], unembed.shape[1]
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(logits.float(), dim=-1).cpu()
     w = unembed.float()
-    first = items[0]
-    if isinstance(first, CustomTarget):
-        if not all(isinstance(t, CustomTarget) for t in items):
-            raise PromptError("Custom directions cannot be mixed with tokens in one target list.",
-                              "Give only directions, or only tokens.")
-        for t in items:
+    mean = w.mean(0)
+    ids, weights, vectors, labels = [], [], [], []
+    for i, t in enumerate(items):
+        if isinstance(t, LogitDiff):
+            a, b = token_id(t.a, tokenizer, V), token_id(t.b, tokenizer, V)
+            t = CustomTarget(f"logit({tokenizer.decode([a])}) - logit({tokenizer.decode([b])})",
+                             max(abs(float(probs[a]) - float(probs[b])), 1e-6), (w[a] - mean) - (w[b] - mean))
+        if isinstance(t, CustomTarget):
             if tuple(t.vector.shape) != (d,):
                 raise PromptError(f"Target {t.label!r} has shape {list(t.vector.shape)}, not [{d}] (d_model).",
                                   "Give a vector of the model's residual-stream size.")
             if not bool(torch.isfinite(t.vector).all()):
                 raise PromptError(f"Target {t.label!r} holds NaN or Inf.", "Give a finite vector.")
-        return LogitTargets(torch.arange(V, V + len(items)),
-                            torch.tensor([t.probability for t in items], dtype=torch.float32),
-                            torch.stack([t.vector.float() for t in items]), tuple(t.label for t in items))
-    if isinstance(first, str):
-        ids = []
-        for s in items:
-            if not isinstance(s, str):
-                raise PromptError("Token strings cannot be mixed with other targets.", "Give only strings.")
-            enc = tokenizer.encode(s, add_special_tokens=False)
-            if len(enc) != 1:
-                raise PromptError(f"Target {s!r} is {len(enc)} tokens, not one.",
-                                  "Give a string that is a single token of this model (or its token id).")
-            ids.append(enc[0])
-    else:
-        try:
-            ids = [int(i) for i in items]
-        except (TypeError, ValueError):
-            raise PromptError(f"Attribution targets {items[:3]!r} are not token ids, strings or directions.",
-                              "Give token ids, token strings or CustomTarget directions.") from None
-    bad = [i for i in ids if not 0 <= i < V]
-    if bad:
-        raise PromptError(f"Target token id {bad[0]} is outside the vocabulary (0..{V - 1}).",
-                          "Give ids the model's tokenizer produces.")
-    idx = torch.tensor(ids, dtype=torch.long)
-    return LogitTargets(idx, probs[idx].cpu(), w[idx] - w.mean(0))
+            ids.append(V + i)
+            weights.append(float(t.probability))
+            vectors.append(t.vector.to(w.device, torch.float32))
+            labels.append(t.label)
+        else:
+            k = token_id(t, tokenizer, V)
+            ids.append(k)
+            weights.append(float(probs[k]))
+            vectors.append(w[k] - mean)
+            labels.append(tokenizer.decode([k]))
+    return LogitTargets(torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32),
+                        torch.stack(vectors), tuple(labels))
