@@ -43,8 +43,16 @@ class TerminalProgress:
         self.phase = p.phase
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a missing option, `--top abc`) as our one line; its default prints the usage first.
+    The sub-command parsers are made of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"circuit-studio: error: {message}. See `{self.prog} --help`.\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="circuit-studio", description="Attribution graphs for local language models.")
+    parser = _Parser(prog="circuit-studio", description="Attribution graphs for local language models.")
     sub = parser.add_subparsers(dest="command")
     for name in COMMANDS:
         module = importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)
@@ -62,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_app(getattr(args, "model", None), getattr(args, "transcoders", None))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # a path or token that the terminal's encoding cannot show must not turn a finished run into a traceback
+    if hasattr(sys.stdout, "reconfigure"):  # not when a caller replaced it with a plain StringIO
+        sys.stdout.reconfigure(errors="backslashreplace")
     cancel = CancelToken()
     try:
         return args.run(args, TerminalProgress(), cancel)
@@ -73,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (CircuitStudioError, ValueError) as e:
         print(f"circuit-studio: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # one the command did not foresee (its outputs are written whole or not at all)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"circuit-studio: error: {e.strerror or e}{where}.", file=sys.stderr)
         return 2
 
 

@@ -6,16 +6,17 @@ import argparse
 import time
 from pathlib import Path
 
-from ..core.errors import CircuitStudioError
 from ..core.progress import CancelToken, ProgressFn
+from .model_options import MODEL_HELP, TRANSCODERS_HELP, add_placement_options, load_planned
+from .options import check_option, check_outputs
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("attribute", help="compute an attribution graph for a prompt",
                        description="Compute the attribution graph of a prompt (circuit-tracer's method) and write "
                                    "the frontend JSON (and optionally the full graph as .npz).")
-    p.add_argument("--model", required=True, type=Path, help="local HuggingFace model folder")
-    p.add_argument("--transcoders", required=True, type=Path, help="transcoder folder (config.yaml + weights)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--transcoders", required=True, help=TRANSCODERS_HELP)
     p.add_argument("--prompt", required=True, help="text to trace")
     p.add_argument("--out", required=True, type=Path, help="frontend graph JSON to write")
     p.add_argument("--npz", type=Path, help="also write the full graph and masks as .npz")
@@ -28,46 +29,55 @@ def add_parser(sub) -> None:
     p.add_argument("--edge-threshold", type=float, default=0.98)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_placement_options(p)
     p.add_argument("--slug", default=None, help="graph name in the JSON (default: the output file's stem)")
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
-    import torch
-
+    from ..core.atomic_write import replace_all_or_none
     from ..core.attribution import attribute
-    from ..core.export import write_frontend_json
-    from ..core.graph import AttributionParams, save_graph
-    from ..core.model_loading import load_model
+    from ..core.export import dump_frontend_json, frontend_json
+    from ..core.graph import AttributionParams, write_graph_npz
+    from ..core.memory_plan import RunSize
     from ..core.pruning import Pruner
-    from ..core.transcoder_loading import check_transcoders_fit, load_transcoders
 
-    for name in ("node_threshold", "edge_threshold"):
-        value = getattr(args, name)
-        if not 0.0 <= value <= 1.0:
-            raise CircuitStudioError(f"--{name.replace('_', '-')} must be between 0 and 1 (got {value}).")
-    for path in filter(None, (args.out, args.npz)):
-        if not path.resolve().parent.is_dir():
-            raise CircuitStudioError(f"Cannot write {path}: folder {path.resolve().parent} does not exist.")
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    bundle = load_model(args.model, device=args.device, dtype=dtype, progress=progress, cancel=cancel)
-    tc = load_transcoders(args.transcoders, device=bundle.device, dtype=dtype, progress=progress, cancel=cancel)
-    check_transcoders_fit(tc, n_layers=bundle.arch.n_layers, d_model=bundle.arch.d_model, model_name=bundle.name)
+    prompt = _check(args)
     budget = args.max_feature_nodes if args.max_feature_nodes and args.max_feature_nodes > 0 else None
     params = AttributionParams(max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
                                batch_size=args.batch_size, max_feature_nodes=budget)
-    graph = attribute(args.prompt, bundle, tc, params, progress=progress, cancel=cancel)
+    size = RunSize(batch_size=args.batch_size, max_feature_nodes=budget, max_n_logits=args.max_n_logits)
+    bundle, tc = load_planned(args, progress, cancel, run=size, prompt=prompt)
+    graph = attribute(prompt, bundle, tc, params, progress=progress, cancel=cancel)
     t0 = time.perf_counter()
     pruner = Pruner(graph)
     pruned = pruner.prune(args.node_threshold, args.edge_threshold)
     replacement, completeness = pruner.graph_scores()
     graph.provenance["seconds"]["prune_and_scores"] = time.perf_counter() - t0
-    write_frontend_json(args.out, graph, pruned, slug=args.slug or args.out.stem,
-                        tokenizer_decode=bundle.tokenizer.decode)
-    if args.npz:
-        save_graph(graph, args.npz, extra={"node_mask": pruned.node_mask, "edge_mask": pruned.edge_mask})
+    text = dump_frontend_json(frontend_json(graph, pruned, slug=args.slug or args.out.stem,
+                                            tokenizer_decode=bundle.tokenizer.decode))
+    with replace_all_or_none([args.out, args.npz]) as (tmp_json, tmp_npz):  # both files or neither
+        tmp_json.write_text(text, encoding="utf-8")
+        if tmp_npz is not None:
+            write_graph_npz(graph, tmp_npz, extra={"node_mask": pruned.node_mask, "edge_mask": pruned.edge_mask})
     s = graph.provenance["seconds"]
     print(f"{graph.n_pos} tokens, {graph.active_features.shape[0]} active features, {graph.n_features} in graph, "
           f"{graph.n_logits} logits; kept {int(pruned.node_mask.sum())} nodes / {int(pruned.edge_mask.sum())} edges; "
           f"replacement {replacement:.3f}, completeness {completeness:.3f}; "
           f"attribution {s['total']:.2f}s, pruning {s['prune_and_scores']:.2f}s -> {args.out}")
     return 0
+
+
+def _check(args: argparse.Namespace) -> str:
+    """Everything that can be checked before the model is described and loaded; returns the prompt as text."""
+    from ..core.text_input import prompt_text, utf8_text
+
+    prompt = prompt_text(args.prompt)
+    if args.slug is not None:
+        utf8_text(args.slug, "--slug")  # it goes into the JSON, written as UTF-8
+    check_option(args, "max_n_logits", low=1)
+    check_option(args, "desired_logit_prob", above=0, high=1)
+    check_option(args, "batch_size", low=1, hint="256 is a good default; lower it if memory runs out.")
+    check_option(args, "node_threshold", low=0, high=1)
+    check_option(args, "edge_threshold", low=0, high=1)
+    check_outputs(out=args.out, npz=args.npz)
+    return prompt

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import re
 from pathlib import Path
 
 from ..core.errors import CircuitStudioError
 from ..core.progress import CancelToken, ProgressFn
+from .model_options import MODEL_HELP, TRANSCODERS_HELP, add_placement_options, load_planned
+from .options import check_option, check_outputs
 
 _SET = re.compile(r"^\s*(\d+)\s*:\s*(\d+|\d*:\d*)\s*:\s*(\d+)\s*=\s*(.+?)\s*$")
+_LAYERS = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 def add_parser(sub) -> None:
@@ -19,8 +22,8 @@ def add_parser(sub) -> None:
                        description="Run a prompt with some transcoder features set to chosen activations "
                                    "(circuit-tracer's feature_intervention) and write the top next tokens before and "
                                    "after, and optionally generated continuations.")
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--transcoders", required=True, type=Path)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--transcoders", required=True, help=TRANSCODERS_HELP)
     p.add_argument("--prompt", required=True)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="LAYER:POS:FEATURE=VALUE",
                    help="POS is a position, START:END, or START: (open-ended: also every generated token); "
@@ -32,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--top", type=int, default=10, help="how many next tokens to list")
     p.add_argument("--json", required=True, type=Path, dest="json_out")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_placement_options(p)
 
 
 def parse_set(text: str):
@@ -45,13 +50,28 @@ def parse_set(text: str):
     if ":" in pos:
         a, b = pos.split(":")
         position = slice(int(a or 0), int(b) if b else None)
+        if position.stop is not None and position.stop <= position.start:
+            raise CircuitStudioError(f"--set {text!r}: positions {pos} hold no position.",
+                                     "Give START:END with START < END, or START: for open-ended.")
     else:
         position = int(pos)
     try:
         number = float(value)
     except ValueError:
         raise CircuitStudioError(f"--set {text!r}: value {value!r} is not a number.") from None
+    if not math.isfinite(number):
+        raise CircuitStudioError(f"--set {text!r}: value {value!r} is not a finite number.")
     return Intervention(int(layer), position, int(feat), number)
+
+
+def parse_layers(text: str, n_layers: int) -> range:
+    """'A:B' -> range(A, B), within the model's layers."""
+    m = _LAYERS.match(text)
+    a, b = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    if a is None or not 0 <= a < b <= n_layers:
+        raise CircuitStudioError(f"--constrained-layers {text!r} is not A:B with 0 <= A < B <= {n_layers}.",
+                                 f"Example: --constrained-layers 0:{n_layers} (every layer: direct effects only).")
+    return range(a, b)
 
 
 def _top(logits, tokenizer, k: int) -> list[dict]:
@@ -63,29 +83,17 @@ def _top(logits, tokenizer, k: int) -> list[dict]:
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
+    from ..core.atomic_write import write_text_atomic
     from ..core.interventions import generate, intervene
-    from ..core.model_loading import load_model
-    from ..core.transcoder_loading import check_transcoders_fit, load_transcoders
 
-    interventions = [parse_set(s) for s in args.sets]
-    if not interventions:
-        raise CircuitStudioError("No intervention given.", "Add at least one --set LAYER:POS:FEATURE=VALUE.")
-    constrained = None
-    if args.constrained_layers:
-        a, _, b = args.constrained_layers.partition(":")
-        constrained = range(int(a), int(b))
-    if not args.json_out.resolve().parent.is_dir():
-        raise CircuitStudioError(f"Cannot write {args.json_out}: its folder does not exist.")
-    bundle = load_model(args.model, device=args.device, progress=progress, cancel=cancel)
-    tc = load_transcoders(args.transcoders, device=bundle.device, dtype=bundle.dtype, progress=progress,
-                          cancel=cancel)
-    check_transcoders_fit(tc, n_layers=bundle.arch.n_layers, d_model=bundle.arch.d_model, model_name=bundle.name)
+    prompt, interventions, constrained = _check(args)
+    bundle, tc = load_planned(args, progress, cancel)
     freeze = not args.no_freeze_attention
-    before = intervene(bundle, tc, args.prompt, [], return_activations=False)
-    after = intervene(bundle, tc, args.prompt, interventions, constrained_layers=constrained,
+    before = intervene(bundle, tc, prompt, [], return_activations=False)
+    after = intervene(bundle, tc, prompt, interventions, constrained_layers=constrained,
                       freeze_attention=freeze, return_activations=False)
     out = {
-        "prompt": args.prompt,
+        "prompt": prompt,
         "interventions": [{"layer": iv.layer, "position": _pos(iv.position), "feature": iv.feature,
                            "value": iv.value} for iv in interventions],
         "freeze_attention": freeze,
@@ -94,16 +102,33 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
         "after": _top(after.logits[-1], bundle.tokenizer, args.top),
     }
     if args.generate:
-        out["generated_default"] = generate(bundle, tc, args.prompt, [], args.generate).text
-        out["generated_steered"] = generate(bundle, tc, args.prompt, interventions, args.generate,
+        out["generated_default"] = generate(bundle, tc, prompt, [], args.generate).text
+        out["generated_steered"] = generate(bundle, tc, prompt, interventions, args.generate,
                                             constrained_layers=constrained, freeze_attention=freeze).text
-    tmp = args.json_out.with_name(args.json_out.name + ".part")
-    tmp.write_text(json.dumps(out, indent=1, ensure_ascii=False))
-    os.replace(tmp, args.json_out)
+    write_text_atomic(args.json_out, json.dumps(out, indent=1, ensure_ascii=False))
     b, a = out["before"][0], out["after"][0]
     print(f"top token before: {b['token']!r} ({b['probability']:.3f}); after: {a['token']!r} "
           f"({a['probability']:.3f}) -> {args.json_out}")
     return 0
+
+
+def _check(args: argparse.Namespace) -> tuple[str, list, range | None]:
+    """Everything that can be checked from the options and the model's config, before any weight is read:
+    -> (prompt, interventions, constrained layers)."""
+    from ..core.model_loading import describe_model
+    from ..core.text_input import prompt_text
+
+    prompt = prompt_text(args.prompt)
+    interventions = [parse_set(s) for s in args.sets]
+    if not interventions:
+        raise CircuitStudioError("No intervention given.", "Add at least one --set LAYER:POS:FEATURE=VALUE.")
+    check_option(args, "generate", low=0)
+    check_outputs(json=args.json_out)
+    summary = describe_model(args.model)  # config and file headers only: vocabulary and layers, before any weight
+    check_option(args, "top", low=1, high=summary.vocab_size,
+                 hint=f"The vocabulary of {summary.name} has {summary.vocab_size} tokens; list at most that many.")
+    constrained = parse_layers(args.constrained_layers, summary.n_layers) if args.constrained_layers else None
+    return prompt, interventions, constrained
 
 
 def _pos(position) -> int | str:

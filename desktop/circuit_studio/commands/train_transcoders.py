@@ -7,10 +7,12 @@ Writes the transcoder folder (`config.yaml` + `layer_{i}.safetensors`, or the CL
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..core.errors import CircuitStudioError
 from ..core.progress import CancelToken, ProgressFn
+from .options import check_option
 
 
 def add_parser(sub) -> None:
@@ -43,26 +45,16 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
-    from ..core.corpus_text import read_corpus, token_windows
+    from ..core.corpus_text import token_windows
     from ..core.model_loading import load_model
     from ..core.transcoder_loading import load_transcoders
     from ..core.transcoder_training import train_transcoders
     from ..core.transcoder_writing import save_transcoders
 
-    out = args.out.expanduser().resolve()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.yaml").exists())):
-        raise CircuitStudioError(f"{out} exists and is not a transcoder folder; not replacing it.",
-                                 "Choose a new or empty folder for --out.")
-    if args.max_lines is not None and args.max_lines <= 0:
-        raise CircuitStudioError(f"--max-lines must be positive (got {args.max_lines}).")
-    lines = read_corpus(args.corpus)  # fails fast, before the model is loaded
-    if args.max_lines is not None:
-        lines = lines[:args.max_lines]
+    out, lines = _check(args)
     bundle = load_model(args.model, device=args.device, progress=progress, cancel=cancel)
     limit = bundle.summary.max_positions
     context = min(args.context, limit) if limit else args.context
-    if context < 2:
-        raise CircuitStudioError(f"--context must be at least 2 (got {args.context}).")
     windows = token_windows(bundle.tokenizer, lines, context=context)
     init = load_transcoders(args.init, device=bundle.device, progress=progress, cancel=cancel) if args.init else None
     options = {k: v for k, v in (("steps", args.steps), ("batch_tokens", args.batch_tokens), ("lr", args.lr),
@@ -71,10 +63,46 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
     tc, rep = train_transcoders(bundle, windows, width=args.width, kind=args.kind, skip=args.skip,
                                 measure_loss=not args.no_loss, init=init, seed=args.seed, progress=progress,
                                 cancel=cancel, **options)
-    folder = save_transcoders(tc, out)
-    (folder / "training_report.md").write_text(rep.to_markdown(), encoding="utf-8")
+    folder = save_transcoders(tc, out, extra_files={"training_report.md": rep.to_markdown()})  # all or nothing
     print(f"{windows.shape[0]} windows of {context} tokens; {rep.kind.upper()} width {rep.width}, "
           f"{rep.steps} steps in {rep.seconds:.0f} s -> {folder}")
     for line in rep.summary_lines():
         print(line)
     return 0
+
+
+def _check(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """Everything that can be checked before the model is loaded: -> (the output folder, the corpus lines)."""
+    from ..core.corpus_text import read_corpus
+    from ..core.model_loading import describe_model
+    from ..core.transcoder_loading import describe_transcoders
+
+    for name, low in (("width", 1), ("steps", 0), ("batch_tokens", 1), ("buffer_tokens", 1), ("max_lines", 1),
+                      ("l0_coefficient", 0)):
+        check_option(args, name, low=low)
+    check_option(args, "context", low=2, hint="A window holds the BOS and at least one token.")
+    check_option(args, "lr", above=0)
+    check_option(args, "seed", low=0, high=2**64 - 1)  # what torch's generator takes
+    if args.skip and args.kind == "clt":
+        raise CircuitStudioError("--skip works only with per-layer transcoders (circuit-tracer's CLT format has "
+                                 "no skip matrices).", "Drop --skip or use --kind plt.")
+    out = _check_out_folder(args.out.expanduser().resolve())
+    lines = read_corpus(args.corpus)
+    describe_model(args.model)  # config and file headers only, before any weight is read
+    if args.init:
+        describe_transcoders(args.init)
+    return out, lines[:args.max_lines] if args.max_lines is not None else lines
+
+
+def _check_out_folder(out: Path) -> Path:
+    """`out` when it can become the transcoder folder: new, empty or a transcoder folder, and writable."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.yaml").exists())):
+        raise CircuitStudioError(f"{out} exists and is not a transcoder folder; not replacing it.",
+                                 "Choose a new or empty folder for --out.")
+    existing = out.parent
+    while not existing.exists():  # the missing folders are created when the set is written
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CircuitStudioError(f"Cannot write --out {out}: {existing} is not a folder you can write to.",
+                                 "Choose another folder for --out.")
+    return out

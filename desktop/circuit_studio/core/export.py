@@ -16,15 +16,14 @@ Matching the reference, field for field and in the same order:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .atomic_write import replace_all_or_none, write_text_atomic
 from .errors import GraphFileError
-from .graph import AttributionGraph
+from .graph import AttributionGraph, graph_write_error
 from .pruning import PruneResult
 
 SCHEMA_VERSION = 1
@@ -128,51 +127,39 @@ def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, no
     return {"metadata": metadata, "qParams": q_params, "nodes": nodes, "links": links}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_slug(slug: str) -> None:
     if not slug or slug in (".", "..") or any(c in slug for c in "/\\\0"):
         raise ValueError(f"Slug {slug!r} cannot be used as a file name (no slashes, not empty).")
 
 
+def dump_frontend_json(doc: dict) -> str:
+    """The text of a frontend document: ensure_ascii=False and indent=2, as pydantic's
+    model_dump_json(indent=2) in the reference."""
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
 def write_frontend_json(path: str | Path, graph: AttributionGraph, result: PruneResult, *, slug: str,
                         **options) -> dict:
-    """Write `frontend_json(graph, result, slug=slug, **options)` to `path`; returns the document."""
-    path = Path(path)
+    """Write `frontend_json(graph, result, slug=slug, **options)` to `path`, whole or not at all;
+    returns the document. Raises GraphFileError."""
     doc = frontend_json(graph, result, slug=slug, **options)
-    # ensure_ascii=False and indent=2 as pydantic's model_dump_json(indent=2) in the reference
-    text = json.dumps(doc, indent=2, ensure_ascii=False)
-    try:
-        _write_atomic(path, text)
-    except OSError as e:
-        raise GraphFileError(f"Cannot write {path}: {e.strerror or e}.",
-                             "Check that the folder exists, is writable and has free space.") from e
+    write_text_atomic(path, dump_frontend_json(doc), error=graph_write_error)
     return doc
 
 
 def write_graph_files(folder: str | Path, graph: AttributionGraph, result: PruneResult, *, slug: str,
                       **options) -> Path:
     """`<folder>/<slug>.json` plus the `graph-metadata.json` index entry for it (replaced by slug),
-    the layout `circuit-tracer start-server --graph_file_dir <folder>` serves. Returns the graph file."""
+    the layout `circuit-tracer start-server --graph_file_dir <folder>` serves; both files are
+    replaced together or neither is. Returns the graph file."""
     _check_slug(slug)
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise GraphFileError(f"Cannot create folder {folder}: {e.strerror or e}.") from e
-    path = folder / f"{slug}.json"
-    doc = write_frontend_json(path, graph, result, slug=slug, **options)
-    index_path = folder / INDEX_FILE
+        raise graph_write_error(e, folder) from e
+    path, index_path = folder / f"{slug}.json", folder / INDEX_FILE
+    doc = frontend_json(graph, result, slug=slug, **options)
     try:
         index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {"graphs": []}
         graphs = [g for g in index.get("graphs", []) if g.get("slug") != slug]
@@ -180,8 +167,7 @@ def write_graph_files(folder: str | Path, graph: AttributionGraph, result: Prune
         raise GraphFileError(f"{index_path} exists but is not a graph index ({e}).",
                              "Move it away or choose another folder.") from e
     index["graphs"] = graphs + [doc["metadata"]]
-    try:
-        _write_atomic(index_path, json.dumps(index, indent=2, ensure_ascii=False))
-    except OSError as e:
-        raise GraphFileError(f"Cannot write {index_path}: {e.strerror or e}.") from e
+    with replace_all_or_none([path, index_path], error=graph_write_error) as (tmp, tmp_index):
+        tmp.write_text(dump_frontend_json(doc), encoding="utf-8")
+        tmp_index.write_text(json.dumps(index, indent=2, ensure_ascii=False), encoding="utf-8")
     return path

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_write import output_error, replace_all_or_none
 from .errors import GraphFileError
 
 GRAPH_FILE_VERSION = 1
@@ -163,12 +164,17 @@ _ARRAYS = ("input_tokens", "active_features", "activation_values", "selected_fea
 
 
 def save_graph(graph: AttributionGraph, path: str | Path, extra: dict[str, np.ndarray] | None = None) -> None:
-    """Write `graph` to one `.npz` (arrays + a JSON header); written to a temporary file and renamed.
+    """Write `graph` to one `.npz` (arrays + a JSON header), whole or not at all (`atomic_write`).
 
     `extra` arrays (e.g. `node_mask`, `edge_mask` of a pruning) are stored beside the graph's own and
-    ignored by `load_graph`.
+    ignored by `load_graph`. Raises GraphFileError (full disk, read-only folder, ...).
     """
-    path = Path(path)
+    with replace_all_or_none([path], error=graph_write_error) as (tmp,):
+        write_graph_npz(graph, tmp, extra)
+
+
+def write_graph_npz(graph: AttributionGraph, path: Path, extra: dict[str, np.ndarray] | None = None) -> None:
+    """The `.npz` of `graph` written straight into `path`; `save_graph` is the safe way to write one."""
     header = {
         "format": "circuit-studio-graph",
         "version": GRAPH_FILE_VERSION,
@@ -176,15 +182,13 @@ def save_graph(graph: AttributionGraph, path: str | Path, extra: dict[str, np.nd
     }
     header["params"] = asdict(graph.params)
     arrays = {**(extra or {}), **{name: getattr(graph, name) for name in _ARRAYS}}
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise GraphFileError(f"Cannot write graph file {path}: {e.strerror or e}.",
-                             "Check that the folder exists, is writable and has free space.") from e
+    with open(path, "wb") as fh:  # a file object: np.savez would add ".npz" to a name without it
+        np.savez(fh, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+
+
+def graph_write_error(e: BaseException, path: Path | str) -> GraphFileError:
+    """A failed write of a graph file, as the GraphFileError that says why."""
+    return output_error(e, path, cls=GraphFileError)
 
 
 def load_graph(path: str | Path) -> AttributionGraph:

@@ -734,13 +734,18 @@ class GraphCanvas(QWidget):
         self._update_node_size()
 
     def render_svg(self, path: str, title: str = "Attribution graph") -> None:
-        """Write the plot (nodes, edges, axes, labels) as vector SVG."""
+        """Write the plot (nodes, edges, axes, labels) as vector SVG, whole or not at all (OutputError)."""
+        from PySide6.QtCore import QBuffer, QIODevice
         from PySide6.QtSvg import QSvgGenerator
+
+        from ..core.atomic_write import write_bytes_atomic
 
         view = self._plot
         rect = view.viewport().rect()
+        buffer = QBuffer()  # in memory first: QSvgGenerator writing a file reports no failure (a full disk cuts it)
+        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
         gen = QSvgGenerator()
-        gen.setFileName(str(path))
+        gen.setOutputDevice(buffer)
         gen.setSize(rect.size())
         gen.setViewBox(rect)
         gen.setResolution(round(view.logicalDpiX()))  # so that text and lines keep their on-screen proportions
@@ -759,6 +764,7 @@ class GraphCanvas(QWidget):
             self._edges.set_vector_export(False)
             for it in exporting:
                 it.setExportMode(False)
+        write_bytes_atomic(path, bytes(buffer.data()))
 
     def shutdown(self) -> None:
         """Stop the edge renderers; called on close."""

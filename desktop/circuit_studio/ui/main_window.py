@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QBuffer, QIODevice, QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
+from ..core.errors import CircuitStudioError
 from ..core.progress import Progress
 from .controller import Controller
 from .feature_pane import FeaturePane
@@ -169,9 +171,9 @@ class MainWindow(QMainWindow):
         self.recent_menu = file.addMenu("&Recent")
         self._fill_recent()
         file.addSeparator()
-        self._action(file, "&Export graph JSON…", self.export_json)
-        self._action(file, "Export canvas as &SVG…", self.export_svg)
-        self._action(file, "Export canvas as &PNG…", self.export_png)
+        self._action(file, "&Export graph JSON…", lambda: self.export_json())
+        self._action(file, "Export canvas as &SVG…", lambda: self.export_svg())
+        self._action(file, "Export canvas as &PNG…", lambda: self.export_png())
         file.addSeparator()
         self._action(file, "&Quit", self.close, QKeySequence.Quit)
         edit = self.menuBar().addMenu("&Edit")
@@ -220,29 +222,41 @@ class MainWindow(QMainWindow):
         if path:
             self.controller.open_feature_index(path)
 
-    def export_json(self) -> None:
+    # Exports take a path (tests, scripts) or ask for one; each file is written whole or not at all, and a
+    # failure (full disk, read-only folder) is shown in a dialog. -> whether the file was written.
+    def export_json(self, path: str | None = None) -> bool:
+        from ..core.export import write_frontend_json
+
         analysis = self.controller.analysis
         if analysis is None:
             self.show_error("Nothing to export", JobError("Trace a prompt first.", "", ""))
-            return
-        path, _ = QFileDialog.getSaveFileName(self, "Export graph JSON", "graph.json", "JSON (*.json)")
-        if path:
-            from ..core.export import write_frontend_json
+            return False
+        path = path or QFileDialog.getSaveFileName(self, "Export graph JSON", "graph.json", "JSON (*.json)")[0]
+        return bool(path) and self._export(path, lambda: write_frontend_json(path, analysis.graph, analysis.pruned,
+                                                                             slug=Path(path).stem))
 
-            try:
-                write_frontend_json(path, analysis.graph, analysis.pruned, slug=Path(path).stem)
-            except Exception as e:  # noqa: BLE001 - shown to the user, the window stays usable
-                self.show_error("Export failed", JobError(str(e), "", ""))
+    def export_svg(self, path: str | None = None) -> bool:
+        path = path or QFileDialog.getSaveFileName(self, "Export canvas", "graph.svg", "SVG (*.svg)")[0]
+        return bool(path) and self._export(path, lambda: self.canvas.render_svg(path))
 
-    def export_svg(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export canvas", "graph.svg", "SVG (*.svg)")
-        if path:
-            self.canvas.render_svg(path)
+    def export_png(self, path: str | None = None) -> bool:
+        from ..core.atomic_write import write_bytes_atomic
 
-    def export_png(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export canvas", "graph.png", "PNG (*.png)")
-        if path:
-            self.canvas.grab().save(path)
+        path = path or QFileDialog.getSaveFileName(self, "Export canvas", "graph.png", "PNG (*.png)")[0]
+        return bool(path) and self._export(path, lambda: write_bytes_atomic(path, _png_bytes(self.canvas)))
+
+    def _export(self, path: str, write) -> bool:
+        try:
+            write()
+        except CircuitStudioError as e:
+            self.show_error("Export failed", JobError(e.message, e.hint, ""))
+            return False
+        except Exception as e:  # noqa: BLE001 - a bug: shown with its details, the window stays usable
+            self.show_error("Export failed", JobError(f"{type(e).__name__}: {e}", "This looks like a bug; the "
+                                                      "details can be copied for a report.", traceback.format_exc()))
+            return False
+        self.statusBar().showMessage(f"Exported {Path(path).name}.", 8000)
+        return True
 
     def _update_session_ui(self) -> None:
         s = self.sessions
@@ -307,6 +321,13 @@ class MainWindow(QMainWindow):
         box.open()  # not exec(): the window (and its jobs) keep running
         self.last_error = box
 
+    def ask_retry(self, title: str, error: JobError) -> bool:
+        """Say what stands in the way (e.g. a file another program holds) and ask: True for Retry."""
+        box = QMessageBox(QMessageBox.Warning, title, error.message, QMessageBox.Retry | QMessageBox.Cancel, self)
+        box.setInformativeText(error.hint)
+        box.setDefaultButton(QMessageBox.Retry)
+        return box.exec() == QMessageBox.Retry  # modal: the action waits for the answer
+
     def _about(self) -> None:
         from .. import __version__
 
@@ -365,3 +386,12 @@ class MainWindow(QMainWindow):
         self.settings.setValue("windowState", self.saveState())
         self.controller.shutdown()
         super().closeEvent(event)
+
+
+def _png_bytes(widget: QWidget) -> bytes:
+    """The widget as it looks now, encoded as PNG in memory (QPixmap.save to a file hides why it failed)."""
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    if not widget.grab().save(buffer, "PNG"):
+        raise CircuitStudioError("Could not encode the canvas as PNG.", "Try the SVG export instead.")
+    return bytes(buffer.data())

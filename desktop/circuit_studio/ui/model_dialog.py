@@ -1,8 +1,11 @@
-"""Choosing a model folder and its transcoders, validated before anything is loaded.
+"""Choosing a model and its transcoders, validated before anything is loaded.
 
-As soon as a folder is typed or picked, its headers are read (no weights) and the dialog says
-what it found — family, layers, d_model, parameters; transcoder kind, width, layers — or exactly
-what is wrong, including a mismatch between the two. OK is enabled only for a valid pair.
+Either can be a local folder or a repo id (`ORG/NAME[@REVISION]`) in the local Hugging Face cache.
+As soon as one is typed or picked, its headers are read (no weights) and the dialog says what it
+found — for the model its architecture, layers, d_model, parameters, dtype, size on disk; for the
+transcoders their format, activation, width, layers, dtype, size on disk — and the memory each will
+take (`memory_plan`), or exactly what is wrong, including a mismatch between the two. OK is
+enabled only for a valid pair; a plan that does not fit is a warning, since it is an estimate.
 """
 
 from __future__ import annotations
@@ -13,8 +16,16 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayo
                                QLineEdit, QPushButton, QVBoxLayout, QWidget)
 
 from ..core.errors import CircuitStudioError
-from ..core.model_loading import ModelSummary, describe_model
+from ..core.memory_plan import RAM, MemoryPlan, RunSize, format_bytes, plan_memory
+from ..core.model_loading import ModelSummary, default_device, describe_model
 from ..core.transcoder_loading import TranscoderSummary, describe_transcoders
+
+# What the window loads and traces with (Controller: float32, batch 256, 7500 feature nodes); the
+# prompt length is not known yet, so the plan is for a typical one.
+WINDOW_DTYPE = "float32"
+PLANNED_RUN = RunSize(n_tokens=64, batch_size=256, max_feature_nodes=7500)
+_TRANSCODER_PARTS = ("transcoders", "transcoders on the GPU")
+_ATTRIBUTION_PARTS = ("active features' rows", "forward pass", "backward batches", "graph")
 
 
 def _count(n: int | None) -> str:
@@ -26,16 +37,41 @@ def _count(n: int | None) -> str:
     return str(n)
 
 
-def model_text(s: ModelSummary) -> str:
+def _needs(plan: MemoryPlan | None, names: tuple[str, ...]) -> str:
+    parts = [p for p in plan.parts if p.name in names] if plan else []
+    if not parts:
+        return ""
+    where = sorted({p.where for p in parts}, key=lambda w: w != RAM)
+    return " · takes " + " + ".join(f"{format_bytes(sum(p.nbytes for p in parts if p.where == w))} of {w}"
+                                     for w in where)
+
+
+def model_text(s: ModelSummary, plan: MemoryPlan | None = None) -> str:
+    stored = f" · stored as {s.dtype}" if s.dtype else ""
     return (f"{s.architecture} ({s.family}) · {s.n_layers} layers · d_model {s.d_model} · "
-            f"{s.n_heads} heads · MLP {s.d_mlp} · vocab {s.vocab_size} · {_count(s.n_parameters)} parameters")
+            f"{s.n_heads} heads · MLP {s.d_mlp} · vocab {s.vocab_size} · {_count(s.n_parameters)} parameters"
+            f"{stored} · {format_bytes(s.size_bytes)} on disk{_needs(plan, ('model weights',))}")
 
 
-def transcoder_text(t: TranscoderSummary) -> str:
+def transcoder_text(t: TranscoderSummary, plan: MemoryPlan | None = None) -> str:
     kind = "cross-layer transcoder" if t.kind == "clt" else "per-layer transcoders"
+    k = getattr(t, "k", None)
+    activation = f"{t.activation} k={k}" if k else t.activation
+    fmt = getattr(t, "format", None) or t.file_format
     skip = " · skip" if t.has_skip else ""
-    return (f"{t.activation} {kind} · {t.n_layers} layers · width {t.n_features} · d_model {t.d_model}{skip} · "
-            f"{t.feature_input_hook} → {t.feature_output_hook} · {t.size_bytes / 2**20:.1f} MiB")
+    return (f"{fmt} ({t.file_format}) · {activation} {kind} · width {t.n_features} · {t.n_layers} layers · "
+            f"d_model {t.d_model}{skip} · {t.feature_input_hook} → {t.feature_output_hook} · {t.dtype} · "
+            f"{format_bytes(t.size_bytes)} on disk{_needs(plan, _TRANSCODER_PARTS)}")
+
+
+def memory_text(plan: MemoryPlan) -> str:
+    on = "the GPU" if plan.device == "cuda" else "the CPU"
+    totals = "; ".join(line.removeprefix("total ") for line in plan.lines() if line.startswith("total "))
+    text = (f"Tracing a {PLANNED_RUN.n_tokens}-token prompt on {on} in {plan.dtype}: attribution"
+            f"{_needs(plan, _ATTRIBUTION_PARTS).removeprefix(' · takes')}; in all {totals}.")
+    if not plan.fits:
+        text += f" {plan.problem} From the command line: {plan.hint}"
+    return text
 
 
 class _FolderField(QWidget):
@@ -57,29 +93,32 @@ class _FolderField(QWidget):
 
 
 class ModelDialog(QDialog):
-    """`exec()`, then read `model_folder` and `transcoder_folder`."""
+    """`exec()`, then read `model_folder` and `transcoder_folder` (each a folder or a repo id)."""
 
     def __init__(self, parent=None, model: str = "", transcoders: str = "") -> None:
         super().__init__(parent)
         self.setWindowTitle("Open model and transcoders")
         self.setMinimumWidth(640)
-        self.model_field = _FolderField("HuggingFace model folder (config.json, weights, tokenizer)")
-        self.tc_field = _FolderField("Transcoder folder (config.yaml + weights)")
+        self.model_field = _FolderField("HuggingFace model folder, or ORG/NAME[@REVISION] in the local cache")
+        self.tc_field = _FolderField("Transcoder folder (config.yaml + weights), or ORG/NAME in the local cache")
         self.model_info = QLabel()
         self.tc_info = QLabel()
-        for label in (self.model_info, self.tc_info):
+        self.memory_info = QLabel()
+        for label in (self.model_info, self.tc_info, self.memory_info):
             label.setWordWrap(True)
         form = QFormLayout()
         form.addRow("Model", self.model_field)
         form.addRow("", self.model_info)
         form.addRow("Transcoders", self.tc_field)
         form.addRow("", self.tc_info)
+        form.addRow("Memory", self.memory_info)
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.buttons)
+        self.plan: MemoryPlan | None = None
         self.model_field.edit.textChanged.connect(self.validate)
         self.tc_field.edit.textChanged.connect(self.validate)
         self.model_field.edit.setText(model)
@@ -100,7 +139,6 @@ class ModelDialog(QDialog):
         if self.model_folder:
             try:
                 model = describe_model(self.model_folder)
-                self._show(self.model_info, model_text(model), good=True)
             except CircuitStudioError as e:
                 self._show(self.model_info, str(e), good=False)
                 ok = False
@@ -110,17 +148,28 @@ class ModelDialog(QDialog):
         if self.transcoder_folder:
             try:
                 tcs = describe_transcoders(self.transcoder_folder)
-                self._show(self.tc_info, transcoder_text(tcs), good=True)
             except CircuitStudioError as e:
                 self._show(self.tc_info, str(e), good=False)
                 ok = False
         else:
             self._show(self.tc_info, "Optional now; needed before tracing.", good=True)
-        if model and tcs and (model.n_layers, model.d_model) != (tcs.n_layers, tcs.d_model):
+        mismatch = model and tcs and (model.n_layers, model.d_model) != (tcs.n_layers, tcs.d_model)
+        # the window loads float32 on its default device; a run is planned only for a usable pair
+        self.plan = plan = plan_memory(model, tcs, device=default_device().type, dtype=WINDOW_DTYPE,
+                                       run=PLANNED_RUN if model and tcs and not mismatch else None)
+        if model:
+            self._show(self.model_info, model_text(model, plan), good=True)
+        if tcs:
+            self._show(self.tc_info, transcoder_text(tcs, plan), good=True)
+        if mismatch:
             self._show(self.tc_info, f"These transcoders have {tcs.n_layers} layers and d_model {tcs.d_model}, but "
                        f"{model.name} has {model.n_layers} layers and d_model {model.d_model}. Choose the "
                        "transcoders trained on this model.", good=False)
             ok = False
+        if plan.n_nodes:
+            self._show(self.memory_info, memory_text(plan), good=plan.fits)
+        else:
+            self._show(self.memory_info, "", good=True)
         self.buttons.button(QDialogButtonBox.Ok).setEnabled(ok)
         return ok
 

@@ -22,10 +22,11 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QSettings, QStandardPaths, QTimer, Signal
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
+from ..core.atomic_write import OutputError, write_text_atomic
 from ..core.history import History
 from ..core.session import (SESSION_SUFFIX, CanvasView, FolderStatus, InterventionRecord, ModelRef, Session,
                             TranscoderRef)
-from ..core.session_store import SessionError, load_session, save_session
+from ..core.session_store import SessionError, SessionLockedError, load_session, save_session
 from .jobs import JobError
 from .intervention_pane import PaneState
 
@@ -206,10 +207,13 @@ class SessionManager(QObject):
                 return False
             path = name if name.endswith(SESSION_SUFFIX) else name + SESSION_SUFFIX
         path = Path(path)
-        try:
-            save_session(self.capture(), path)
-        except SessionError as e:
-            self.window.show_error("Session not saved", JobError(e.message, e.hint, ""))
+        session = self.capture()
+
+        def save() -> bool:
+            save_session(session, path)
+            return True
+
+        if not self._attempt("Session not saved", save):
             return False
         self.path, self.dirty = path, False
         self._remember(path)
@@ -225,10 +229,8 @@ class SessionManager(QObject):
             path = name
         if not self.maybe_save():
             return False
-        try:
-            session = load_session(path)
-        except SessionError as e:
-            self.window.show_error("Cannot open session", JobError(e.message, e.hint, ""))
+        session = self._attempt("Cannot open session", lambda: load_session(path))
+        if session is None:
             return False
         self.show_session(session)
         self.path, self.dirty = Path(path), False
@@ -236,6 +238,19 @@ class SessionManager(QObject):
         self.state_changed.emit()
         self._check_sources(session)
         return True
+
+    def _attempt(self, title: str, action):
+        """`action()`'s result, or None when it failed and the user was told why. While another program holds
+        the file, the user is asked whether to retry (it may have let go by then)."""
+        while True:
+            try:
+                return action()
+            except SessionLockedError as e:
+                if not self.window.ask_retry(title, JobError(e.message, e.hint, "")):
+                    return None
+            except SessionError as e:
+                self.window.show_error(title, JobError(e.message, e.hint, ""))
+                return None
 
     def show_session(self, session: Session, graph_id: int | None = None) -> None:
         """Put a session on screen as it was saved (its current graph, or `graph_id`)."""
@@ -335,18 +350,27 @@ class SessionManager(QObject):
             return
         self._autosave_pending = False
         session = self.capture()
-        self.autosave_dir.mkdir(parents=True, exist_ok=True)
         marker = self.autosave_path.with_suffix(".json")
-        marker.write_text(json.dumps({"pid": os.getpid(), "file": str(self.path) if self.path else None}))
+        try:
+            self.autosave_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(marker, json.dumps({"pid": os.getpid(), "file": str(self.path) if self.path else None}))
+        except (OSError, OutputError) as e:
+            self._autosave_failed(e)
+            return
 
         def work() -> None:
             try:
                 save_session(session, self.autosave_path)
-            except SessionError:
-                self._autosave_pending = True  # try again at the next tick
+            except SessionError as e:
+                self._autosave_failed(e)
 
         self._autosave_thread = threading.Thread(target=work, name="autosave", daemon=True)
         self._autosave_thread.start()
+
+    def _autosave_failed(self, e: Exception) -> None:
+        """Said in the status bar, not in a dialog every few seconds; tried again at the next tick."""
+        self._autosave_pending = True
+        self.controller.message.emit(f"Autosave failed: {e}")  # a signal: safe from the autosave thread
 
     def wait_for_autosave(self) -> None:
         if self._autosave_thread is not None:
@@ -355,7 +379,10 @@ class SessionManager(QObject):
     def discard_autosave(self) -> None:
         self.wait_for_autosave()
         for p in (self.autosave_path, self.autosave_path.with_suffix(".json")):
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass  # the folder is unusable, so autosave never wrote there: nothing to remove
 
     def recoverable(self) -> list[tuple[Path, dict]]:
         """Autosaves left by processes that are gone (a crash or a kill)."""
