@@ -92,3 +92,26 @@ def test_bad_flags_say_what_to_do(tmp_path, monkeypatch, argv, needle):
     with pytest.raises(CircuitStudioError, match=needle) as info:
         targets_from_args(parse(*argv), d_model=64)
     assert info.value.hint
+
+
+IDS_CASE = next((c for c in case_dirs() if c.name == "targets_ids_llama_plt"), None)
+
+
+@pytest.mark.skipif(IDS_CASE is None, reason="parity fixtures not found")
+def test_attribute_command_writes_circuit_tracers_logit_nodes(tmp_path):
+    from circuit_studio.cli import main
+
+    spec = json.loads((IDS_CASE / "case.json").read_text())
+    out = tmp_path / "g.json"
+    ids = ",".join(map(str, spec["targets"]["token_ids"]))
+    assert main(["attribute", "--model", str(IDS_CASE / "model"), "--transcoders", str(IDS_CASE / "transcoders"),
+                 "--prompt", spec["prompt"], "--out", str(out), "--max-feature-nodes", "0", "--batch-size", "64",
+                 "--target-ids", ids, "--device", "cpu"]) == 0
+    ours = {n["node_id"]: n for n in json.loads(out.read_text())["nodes"] if n["feature_type"] == "logit"}
+    ref = {n["node_id"]: n for n in json.loads((IDS_CASE / "reference_graph.json").read_text())["nodes"]
+           if n["feature_type"] == "logit"}
+    assert list(ours) == list(ref)
+    for nid, n in ref.items():
+        for key in ("feature", "layer", "ctx_idx", "clerp", "is_target_logit", "jsNodeId"):
+            assert ours[nid][key] == n[key], (nid, key)
+        assert ours[nid]["token_prob"] == pytest.approx(n["token_prob"], rel=1e-5)

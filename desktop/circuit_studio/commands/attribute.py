@@ -9,6 +9,7 @@ from pathlib import Path
 from ..core.progress import CancelToken, ProgressFn
 from .model_options import MODEL_HELP, TRANSCODERS_HELP, add_placement_options, load_planned
 from .options import check_option, check_outputs
+from .target_options import add_target_options, targets_from_args
 
 
 def add_parser(sub) -> None:
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     add_placement_options(p)
     p.add_argument("--slug", default=None, help="graph name in the JSON (default: the output file's stem)")
+    add_target_options(p)
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
@@ -45,9 +47,11 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
     budget = args.max_feature_nodes if args.max_feature_nodes and args.max_feature_nodes > 0 else None
     params = AttributionParams(max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
                                batch_size=args.batch_size, max_feature_nodes=budget)
-    size = RunSize(batch_size=args.batch_size, max_feature_nodes=budget, max_n_logits=args.max_n_logits)
+    targets = targets_from_args(args)  # files and numbers checked before anything loads
+    size = RunSize(batch_size=args.batch_size, max_feature_nodes=budget,
+                   max_n_logits=len(targets) if targets else args.max_n_logits)
     bundle, tc = load_planned(args, progress, cancel, run=size, prompt=prompt)
-    graph = attribute(prompt, bundle, tc, params, progress=progress, cancel=cancel)
+    graph = attribute(prompt, bundle, tc, params, targets=targets, progress=progress, cancel=cancel)
     t0 = time.perf_counter()
     pruner = Pruner(graph)
     pruned = pruner.prune(args.node_threshold, args.edge_threshold)
