@@ -16,14 +16,14 @@ import time
 from .core.errors import Cancelled, CircuitStudioError
 from .core.progress import CancelToken, Progress
 
-COMMANDS = ("attribute", "intervene", "train-transcoders", "index-features")
+COMMANDS = ("attribute", "heads", "intervene", "train-transcoders", "index-features")
 
 
 class TerminalProgress:
     """A one-line progress bar on stderr when it is a terminal; phase changes only otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr  # looked up now: tests swap sys.stderr after import
         self.tty = stream.isatty()
         self.phase = ""
         self.started = time.perf_counter()
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         for added in set(sub.choices) - before:
             sub.choices[added].set_defaults(run=module.run)
     gui = sub.add_parser("gui", help="open the desktop window (the default with no command)")
-    gui.add_argument("--model", help="model folder to open instead of the bundled demo")
-    gui.add_argument("--transcoders", help="transcoder folder for --model")
+    gui.add_argument("--model", help="model folder (or a repo id in the local Hugging Face cache) to open "
+                                     "instead of the bundled demo")
+    gui.add_argument("--transcoders", help="transcoder folder, config.yaml or cached hub reference for --model")
     args = parser.parse_args(argv)
     if args.command in (None, "gui"):
         from .ui.app import run_app

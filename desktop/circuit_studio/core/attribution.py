@@ -99,6 +99,11 @@ class _EdgeRows:
             scale = p0.values[c0:c1, None].to(dev, dtype)
             for out in (range(src, L) if tc.is_clt else (src,)):
                 self.decoders[src, out] = tc.decoder_rows(src, feat, out).to(dtype) * scale
+        # Encoder rows of every active feature (the feature rows' injected vectors), gathered once:
+        # an encoder stored [d, F] (GemmaScope) would otherwise be paged in whole by every batch.
+        self.encoders = tc.encoder_rows(active[:, 0], active[:, 2])  # [n_active, d], stored dtype
+        for layer in range(L):  # all a memory-mapped set contributes is now in memory
+            tc.release_layer(layer)
 
     def compute(self, targets: Targets) -> torch.Tensor:
         """[B, n_cols] float32 on the CPU."""
@@ -128,9 +133,9 @@ class _EdgeRows:
         return out.cpu()
 
 
-def _feature_targets(p0: _Phase0, tc: TranscoderSet, which: torch.Tensor) -> Targets:
-    layers, pos, feat = p0.active[which].unbind(1)
-    return Targets(layers, pos, tc.encoder_rows(layers, feat))
+def _feature_targets(p0: _Phase0, edges: _EdgeRows, which: torch.Tensor) -> Targets:
+    layers, pos, _ = p0.active[which].unbind(1)
+    return Targets(layers, pos, edges.encoders[which.to(edges.encoders.device)])
 
 
 def _partial_influences(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor,
@@ -216,7 +221,7 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
             check(cancel)
             which = queue[i: i + bs]
             r = slice(K + n_done, K + n_done + which.shape[0])
-            matrix[r, :n_cols] = edges.compute(_feature_targets(p0, tc, which))
+            matrix[r, :n_cols] = edges.compute(_feature_targets(p0, edges, which))
             row_nodes[r] = which
             visited[which] = True
             n_done += which.shape[0]

@@ -35,6 +35,10 @@ from .transcoders import TranscoderSet
 
 # (layer, g_write [B, P', d]) -> None, called from the top layer down
 WriteGradFn = Callable[[int, torch.Tensor], None]
+# (layer, g_mid [B, P', d]) -> gradient at the residual before the layer's attention sub-block, [B', P', d].
+# Replaces `g_mid + _attention_backward(layer, g_mid)`; may append rows (B' >= B, the first B stay the
+# targets' rows). `head_attribution` uses it to split attention per head.
+AttentionStepFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -76,11 +80,14 @@ class FrozenBackward:
             w_v = layer.w_v.float() * layer.attn_norm.gain[None, :].to(dev)
             self.attention.append((cast(pattern), cast(w_o), cast(w_v)))
 
-    def run(self, targets: Targets, on_write: WriteGradFn) -> torch.Tensor:
+    def run(self, targets: Targets, on_write: WriteGradFn,
+            attention_step: AttentionStepFn | None = None) -> torch.Tensor:
         """Propagate a batch of target covectors down to the embeddings.
 
         Calls `on_write(l, g_write)` for every layer l below the deepest target, top down, and
         returns the gradient at the embedding output [B, P', d], where P' = last targeted position + 1.
+        `attention_step`, if given, takes the place of each layer's attention transpose (see
+        `AttentionStepFn`); rows it appends reach `on_write` and the result too.
         """
         arch, tc = self.arch, self.tc
         B = targets.layers.shape[0]
@@ -114,7 +121,10 @@ class FrozenBackward:
             g_mid = g
             if g_read is not None:
                 g_mid = g + self._read_backward(parts.mlp_norm, g_read, self.mlp_scales[layer, :n_pos])
-            g = g_mid + self._attention_backward(layer, g_mid, n_pos)
+            if attention_step is None:
+                g = g_mid + self._attention_backward(layer, g_mid, n_pos)
+            else:
+                g = attention_step(layer, g_mid)
         return g
 
     def _read_backward(self, norm: Norm, g_read: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -125,14 +135,24 @@ class FrozenBackward:
             return norm.backward(g_read, scale, with_gain=False)
         return g_read  # hook_resid_mid
 
-    def _attention_backward(self, layer: int, g_mid: torch.Tensor, n_pos: int) -> torch.Tensor:
+    def _attention_backward(self, layer: int, g_mid: torch.Tensor, n_pos: int,
+                            per_head: bool = False) -> torch.Tensor:
         """Transpose of the frozen attention sub-block (norm, V, pattern, O, Gemma's post-norm):
-        grad at the residual after it [B, P', d] -> grad at the residual before it [B, P', d]."""
+        grad at the residual after it [B, P', d] -> grad at the residual before it [B, P', d].
+
+        `per_head`: each query head's share instead, [B, H, P', d] (summing over H gives the default;
+        heads that share a value head under grouped-query attention stay apart)."""
         p = self.arch.layers[layer]
         pattern, w_o, w_v = self.attention[layer]
         B = g_mid.shape[0]
         g_heads = (g_mid @ w_o).view(B, n_pos, p.n_heads, p.head_dim).transpose(1, 2)  # [B, H, Q, dh]
         g_v = pattern[:, :n_pos, :n_pos].transpose(-1, -2) @ g_heads  # [B, H, K, dh]
+        if per_head:
+            w_v_heads = w_v.view(p.n_kv_heads, 1, p.head_dim, -1).expand(-1, p.n_heads // p.n_kv_heads, -1, -1)
+            g = g_v @ w_v_heads.reshape(p.n_heads, p.head_dim, -1)  # [B, H, K, d]
+            if p.attn_norm.kind == "layer":
+                g = g - g.mean(-1, keepdim=True)
+            return g
         if p.n_kv_heads != p.n_heads:  # grouped-query attention: heads sharing a value head add up
             g_v = g_v.view(B, p.n_kv_heads, p.n_heads // p.n_kv_heads, n_pos, p.head_dim).sum(2)
         g = g_v.transpose(1, 2).reshape(B, n_pos, p.n_kv_heads * p.head_dim) @ w_v
