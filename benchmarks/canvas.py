@@ -115,8 +115,9 @@ def main() -> None:
     from PySide6.QtWidgets import QApplication
 
     from circuit_studio.core.analysis import Analysis
+    from circuit_studio.ui.canvas.edges import VIEW_SETTLE_MS
+    from circuit_studio.ui.canvas.view import GraphCanvas
     from circuit_studio.ui.controller import Controller
-    from circuit_studio.ui.graph_canvas import VIEW_SETTLE_MS, GraphCanvas
 
     app = QApplication.instance() or QApplication([])
     print(f"Qt platform {app.platformName()}, {os.cpu_count()} CPUs, load average "

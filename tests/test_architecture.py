@@ -55,3 +55,13 @@ def test_core_never_prints():
 def test_print_detector():
     assert _print_calls("x = 1\nprint(x)\n") == [2]
     assert _print_calls("s = 'print(x)'  # print(y)\nlog.print(z)\nfingerprint(1)\n") == []
+
+
+UI = DESKTOP / "circuit_studio" / "ui"
+
+
+def test_ui_never_imports_torch():
+    """The window presents and delegates: computation (and torch) stays in core."""
+    pattern = re.compile(r"^\s*(import torch\b|from torch\b)", re.MULTILINE)
+    offenders = sorted(str(p.relative_to(UI)) for p in UI.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8")))
+    assert not offenders, f"torch imported under ui/ (move the computation to core): {offenders}"

@@ -252,11 +252,12 @@ def test_free_space_check_uses_the_real_size(session_file, monkeypatch):
     session = load_session(path)
     size = len(before)
     assert 60_000 < size < 200_000, "a small session, like the 127 KB one of the report"
+    # new files, so each save writes the whole session (saving onto an unchanged file writes nothing)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, used=0, free=1_900_000))
-    save_session(session, path)  # 1.9 MB free is plenty
+    save_session(session, path.with_name("copy.cs-session"))  # 1.9 MB free is plenty
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, used=0, free=size // 2))
     with pytest.raises(Exception, match="needs about") as info:
-        save_session(session, path)
+        save_session(session, path.with_name("other.cs-session"))
     need_mb = float(str(info.value).split("needs about ")[1].split(" MB")[0])
     assert size / 2**20 <= need_mb <= 1.35 * size / 2**20 + 0.05, "the estimate is the file's size, not 2 MB more"
 

@@ -16,7 +16,7 @@ import time
 from .core.errors import Cancelled, CircuitStudioError
 from .core.progress import CancelToken, Progress
 
-COMMANDS = ("attribute", "heads", "intervene", "train-transcoders", "index-features")
+COMMANDS = ("attribute", "attribute-batch", "heads", "intervene", "train-transcoders", "index-features")
 
 
 class TerminalProgress:
@@ -24,7 +24,7 @@ class TerminalProgress:
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stderr  # looked up now: tests swap sys.stderr after import
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.phase = ""
         self.started = time.perf_counter()
 

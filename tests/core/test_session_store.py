@@ -1,7 +1,9 @@
-"""Session files: exact round trips, the v1 -> v2 migration, and every kind of bad input.
+"""Session files: exact round trips, incremental saves, per-graph resources and labels per transcoder
+set, the v1 and v2 migrations, and every kind of bad input.
 
 Each bad-input test checks three things: a SessionError with a message saying what is wrong, the
-previous file byte for byte unchanged, and no temporary file left in the folder.
+previous file byte for byte unchanged, and no temporary file left in the folder; most run for both
+ways of saving: in place (`save_session` to a file this process saved) and whole (`save_session_as`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from circuit_studio.core import session_store
 from circuit_studio.core.analysis import Analysis, Supernode
 from circuit_studio.core.graph import AttributionGraph, AttributionParams
-from circuit_studio.core.session import (CanvasView, FolderStatus, GraphRecord, InterventionRecord, ModelRef,
-                                         Session, TokenProb, TranscoderRef, arrays_identical, content_hash,
-                                         graphs_equal, session_differences)
+from circuit_studio.core.session import (CanvasView, FeatureIndexRef, FolderStatus, GraphRecord, InterventionRecord,
+                                         ModelRef, Session, TokenProb, TranscoderRef, arrays_identical, content_hash,
+                                         graphs_equal, session_differences, transcoder_identity)
 from circuit_studio.core.session_schema import APPLICATION_ID, SCHEMA_VERSION
-from circuit_studio.core.session_store import SessionError, load_session, read_session_info, save_session
+from circuit_studio.core.session_store import (SessionError, load_session, read_session_info, save_session,
+                                               save_session_as)
+from circuit_studio.core.session_store import write as store_write
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sessions"
 T0 = datetime(2025, 6, 7, 8, 9, 10, 123456, tzinfo=timezone.utc)
@@ -72,8 +75,16 @@ def synthetic_graph(n_features: int, *, n_layers: int = 4, n_pos: int = 8, n_log
         provenance={"versions": {"torch": "2.13.0"}, "device": "cpu", "dtype": "float32", "created": "now"})
 
 
+MODEL = ModelRef("/nowhere/model", "fh1:" + "0" * 64, {"name": "m", "n_layers": 4, "max_positions": None})
+TRANSCODERS = TranscoderRef("/nowhere/tc", "fh1:" + "1" * 64, {"kind": "plt", "source": "/nowhere/tc"})
+INDEX = FeatureIndexRef("/nowhere/features.sqlite", "fh1:" + "2" * 64, {"n_features": 4096})
+OTHER_MODEL = ModelRef("/nowhere/model-b", "fh1:" + "3" * 64, {"name": "b"})
+OTHER_TRANSCODERS = TranscoderRef("/nowhere/tc-b", "fh1:" + "4" * 64, {"kind": "clt"})
+
+
 def example_session(seed: int = 0, n_features: int = 60, *, interventions: bool = True) -> Session:
-    """Two graphs with every kind of state, or (interventions=False) no torch import at all."""
+    """Two graphs with every kind of state, traced with different models and transcoder sets, or
+    (interventions=False) no torch import at all."""
     g1 = synthetic_graph(n_features, seed=seed)
     g2 = synthetic_graph(max(n_features // 3, 30), n_layers=3, n_pos=5, seed=seed + 1)
     ivs = ()
@@ -89,18 +100,23 @@ def example_session(seed: int = 0, n_features: int = 60, *, interventions: bool 
             InterventionRecord(id=7, interventions=(), created=T0))
     r1 = GraphRecord(id=2, graph=g1, created=T0, node_threshold=0.6, edge_threshold=0.9, selected=7,
                      pinned=(9, 1, 4, 30), supernodes=(Supernode(5, "group ✓", (1, 4)), Supernode(1, "b", (30,))),
-                     view=CanvasView(-3.25, 12.5, 0.1, 7.0), interventions=ivs, title="first", notes="graph notes")
-    r2 = GraphRecord(id=5, graph=g2, created=T0, selected=None)
+                     view=CanvasView(-3.25, 12.5, 0.1, 7.0), interventions=ivs, title="first", notes="graph notes",
+                     model=MODEL, transcoders=TRANSCODERS, feature_index=INDEX)
+    r2 = GraphRecord(id=5, graph=g2, created=T0, selected=None, model=OTHER_MODEL, transcoders=OTHER_TRANSCODERS)
+    other = OTHER_TRANSCODERS.content_hash
     return Session(
-        model=ModelRef("/nowhere/model", "fh1:" + "0" * 64, {"name": "m", "n_layers": 4, "max_positions": None}),
-        transcoders=TranscoderRef("/nowhere/tc", "fh1:" + "1" * 64, {"kind": "plt", "source": "/nowhere/tc"}),
-        graphs=(r1, r2), labels={(0, 17): "seventeen", (3, 4000): "ünïcode", (1, seed): f"seed {seed}"},
+        model=MODEL, transcoders=TRANSCODERS, feature_index=INDEX, graphs=(r1, r2),
+        labels={(0, 17): "seventeen", (3, 4000): "ünïcode", (1, seed): f"seed {seed}", (other, 0, 17): "b's 17"},
         notes=f"session notes {seed}\n…", current_graph=5, window_state=bytes(range(256)) * 3 + bytes([seed % 256]),
         settings={"theme": "dark", "panes": {"left": 0.3}, "recent": ["a", "b"]}, created=T0)
 
 
 def _temporaries(folder: Path) -> list[Path]:
-    return sorted(folder.glob(".*.tmp"))
+    """Temporaries of whole-file saves and SQLite journals of in-place ones."""
+    return sorted(folder.glob(".*.tmp")) + sorted(folder.glob("*-journal"))
+
+
+SAVERS = pytest.mark.parametrize("save", [save_session, save_session_as], ids=["in_place", "whole"])
 
 
 @pytest.fixture
@@ -150,12 +166,16 @@ def test_empty_session_round_trips(tmp_path):
 
 
 def test_saving_again_replaces_and_keeps_a_backup_when_asked(tmp_path):
-    a, b = example_session(1, interventions=False), example_session(2, interventions=False)
-    path = tmp_path / "s.cs-session"
+    a, b, c = (example_session(i, interventions=False) for i in (1, 2, 3))
+    path, bak = tmp_path / "s.cs-session", tmp_path / "s.cs-session.bak"
     save_session(a, path)
-    save_session(b, path, backup=True)
+    save_session(b, path, backup=True)  # in place: the first such save copies the file first
     assert load_session(path) == b
-    assert load_session(tmp_path / "s.cs-session.bak") == a
+    assert load_session(bak) == a
+    save_session(c, path, backup=True)
+    assert load_session(path) == c and load_session(bak) == a, "the .bak is the file before this process wrote it"
+    save_session_as(a, path, backup=True)  # a whole write keeps the file it replaces
+    assert load_session(path) == a and load_session(bak) == c
     assert _temporaries(tmp_path) == []
 
 
@@ -166,7 +186,8 @@ def test_equality_helpers_see_a_single_bit(saved):
     adj.view(np.uint32)[0, 0] ^= 1
     other = replace(s, graphs=(replace(s.graphs[0], graph=replace(g, adjacency_matrix=adj)), s.graphs[1]))
     assert not graphs_equal(g, other.graphs[0].graph)
-    assert session_differences(s, other) == ["graphs[0].graph.adjacency_matrix"]
+    (difference,) = session_differences(s, other)
+    assert difference.startswith("graphs[0].graph.adjacency")  # the field holding the matrix
     assert session_differences(s, replace(s, notes="x")) == ["notes"]
     assert not arrays_identical(np.zeros(3, np.float32), np.zeros(3, np.float64))
     assert not arrays_identical(np.zeros(1, np.float32), -np.zeros(1, np.float32))
@@ -286,11 +307,16 @@ def test_content_hash_is_stable_fast_and_sees_real_changes(tmp_path):
 # schema migration
 # ---------------------------------------------------------------------------------------------
 
-def _make_v1_module():
-    spec = importlib.util.spec_from_file_location("make_v1", FIXTURES / "make_v1.py")
+def _fixture_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, FIXTURES / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _bound_to_session(s: Session) -> Session:
+    """What a migrated v1 or v2 session holds: every graph bound to the session's model and transcoders."""
+    return replace(s, graphs=tuple(replace(g, model=s.model, transcoders=s.transcoders) for g in s.graphs))
 
 
 def test_v1_fixture_opens_with_every_field(tmp_path):
@@ -300,10 +326,12 @@ def test_v1_fixture_opens_with_every_field(tmp_path):
         assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == "1"
         assert "title" not in [r[1] for r in db.execute("PRAGMA table_info(graphs)")]
     db.close()
-    expected = _make_v1_module().build_example()
+    expected = _bound_to_session(_fixture_module("make_v1").build_example())
     back = load_session(fixture)
     assert session_differences(back, expected) == []
     assert [(g.title, g.notes) for g in back.graphs] == [("", ""), ("", "")], "v2 fields default to empty"
+    assert all(g.model == back.model and g.transcoders == back.transcoders for g in back.graphs)
+    assert back.graph_labels(1) == {(0, 10): "say a capital", (1, 131): "France ✓"}
     assert back.graphs[0].interventions[0].interventions[1].position == slice(2, None)
     assert fixture.read_bytes() == before, "opening must not modify the file"
     # a migrated session saves in the current schema and can use the new fields
@@ -314,11 +342,60 @@ def test_v1_fixture_opens_with_every_field(tmp_path):
     assert load_session(out) == upgraded
 
 
+def test_v2_fixture_opens_with_graphs_bound_and_labels_of_its_transcoders(tmp_path):
+    fixture = FIXTURES / "v2_example.cs-session"
+    before = fixture.read_bytes()
+    with sqlite3.connect(f"file:{fixture}?mode=ro", uri=True) as db:  # it really is version 2
+        assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "sources" in tables and "resources" not in tables
+    db.close()
+    expected = _bound_to_session(_fixture_module("make_v2").build_example())
+    back = load_session(fixture)
+    assert session_differences(back, expected) == []
+    assert fixture.read_bytes() == before, "opening must not modify the file"
+    assert all(g.model == back.model and g.transcoders == back.transcoders and g.feature_index is None
+               for g in back.graphs)
+    scope = transcoder_identity(back.transcoders)
+    assert {k[0] for k in back.labels} == {scope}, "old labels belong to the session's transcoder set"
+    assert list(back.graph_labels(6)) == [(1, 121), (0, 11), (2, 5)], "in their saved order"
+    assert [(g.title, g.notes) for g in back.graphs] == [("capitals", "first\n…"), ("", "only notes"), ("third", "")]
+    # saving onto a v2 file writes it whole in the current schema and keeps the v2 file as .bak
+    old = tmp_path / "old.cs-session"
+    shutil.copy(fixture, old)
+    save_session(replace(load_session(old), notes="upgraded"), old)
+    assert (tmp_path / "old.cs-session.bak").read_bytes() == before
+    assert read_session_info(old).schema_version == SCHEMA_VERSION
+    assert load_session(old) == replace(expected, notes="upgraded")
+    with sqlite3.connect(old) as db:  # three graphs of one model and one transcoder set: each stored once
+        assert sorted(db.execute("SELECT kind FROM resources")) == [("model",), ("transcoders",)]
+        assert set(db.execute("SELECT model_id, transcoders_id FROM graphs")) == {(1, 2)}
+    db.close()
+
+
 def test_old_schema_writer_refuses_to_drop_new_fields(tmp_path):
     s = example_session(interventions=False)
-    with pytest.raises(ValueError, match="cannot store graphs"):
-        session_store._save(s, tmp_path / "old.cs-session", backup=False, schema_version=1)
+    old = tmp_path / "old.cs-session"
+    with pytest.raises(ValueError, match="schema 2 cannot store session"):  # a feature index
+        store_write._save(s, old, backup=False, schema_version=2)
+    s = replace(s, feature_index=None)
+    with pytest.raises(ValueError, match="schema 1 cannot store graphs"):  # titles and notes
+        store_write._save(s, old, backup=False, schema_version=1)
+    with pytest.raises(ValueError, match="schema 2 cannot store graphs"):  # graph 5's other model
+        store_write._save(s, old, backup=False, schema_version=2)
+    with pytest.raises(ValueError, match="schema 2 cannot store labels"):  # another set's labels
+        store_write._save(Session(labels={("fh1:x", 0, 1): "l"}), old, backup=False, schema_version=2)
     assert list(tmp_path.iterdir()) == []
+    # what v2 can hold (graphs bound to the session's own resources) goes there and migrates back exactly
+    v2 = _bound_to_session(_fixture_module("make_v2").build_example())
+    store_write._save(v2, old, backup=False, schema_version=2)
+    assert read_session_info(old).schema_version == 2 and load_session(old) == v2
+    no_transcoders = Session(model=MODEL, graphs=(GraphRecord(1, synthetic_graph(30), created=T0),),
+                             labels={(0, 1): "of an unknown set"}, created=T0)
+    store_write._save(no_transcoders, old, backup=False, schema_version=2)
+    back = load_session(old)
+    assert back.graph(1).model == MODEL and back.graph(1).transcoders is None
+    assert back.labels == {("", 0, 1): "of an unknown set"} and back.graph_labels(1) == {(0, 1): "of an unknown set"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,11 +502,11 @@ def test_open_newer_schema(saved, tmp_path):
 # bad conditions on save: the previous file stays byte-identical
 # ---------------------------------------------------------------------------------------------
 
-def _save_fails(session: Session, path: Path, match: str, before: bytes) -> None:
+def _save_fails(session: Session, path: Path, match: str, before: bytes, save=save_session) -> None:
     with pytest.raises(SessionError, match=match) as info:
-        save_session(session, path)
+        save(session, path)
     assert path.read_bytes() == before, "the previous file must be untouched"
-    assert _temporaries(path.parent) == [], "no temporary file may be left behind"
+    assert _temporaries(path.parent) == [], "no temporary file or journal may be left behind"
     assert "unchanged" in str(info.value) or "another" in str(info.value)
     assert load_session(path) is not None
 
@@ -438,35 +515,40 @@ def _root_ignores_permissions(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def test_save_onto_read_only_file(saved):
+@SAVERS
+def test_save_onto_read_only_file(saved, save):
     _, path, before = saved
     path.chmod(0o444)
     try:
         if _root_ignores_permissions(path):
             pytest.skip("running as root: chmod does not make the file read-only")
-        _save_fails(example_session(1), path, "the file is read-only", before)
+        _save_fails(example_session(1), path, "the file is read-only", before, save)
     finally:
         path.chmod(0o644)
 
 
-def test_save_into_read_only_folder(saved):
+@SAVERS
+def test_save_into_read_only_folder(saved, save):
     _, path, before = saved
     folder = path.parent
     folder.chmod(0o555)
     try:
         if _root_ignores_permissions(folder):
             pytest.skip("running as root: chmod does not make the folder read-only")
-        _save_fails(example_session(1), path, "read-only", before)
+        _save_fails(example_session(1), path, "read-only", before, save)
     finally:
         folder.chmod(0o755)
 
 
-def test_save_read_only_simulated(saved, monkeypatch):
+@SAVERS
+def test_save_read_only_simulated(saved, monkeypatch, save):
     """The same two cases by simulation, so that they also run as root."""
     _, path, before = saved
     real_access, real_open = os.access, os.open
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == path else real_access(p, mode, **kw))
-    _save_fails(example_session(1), path, "the file is read-only", before)
+    for denied, match in ((path, "the file is read-only"), (path.parent, "the folder .* is read-only")):
+        monkeypatch.setattr(os, "access",
+                            lambda p, mode, **kw: False if Path(p) == denied else real_access(p, mode, **kw))
+        _save_fails(example_session(1), path, match, before, save)
     monkeypatch.setattr(os, "access", real_access)
 
     def no_new_files(p, flags, *args, **kw):
@@ -474,20 +556,22 @@ def test_save_read_only_simulated(saved, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", str(p))
         return real_open(p, flags, *args, **kw)
 
-    monkeypatch.setattr(os, "open", no_new_files)
-    _save_fails(example_session(1), path, "read-only", before)
+    monkeypatch.setattr(os, "open", no_new_files)  # the temporary of a whole write cannot be created
+    _save_fails(example_session(1), path, "read-only", before, save_session_as)
 
 
-def test_save_disk_full_before_writing(saved, monkeypatch):
+@SAVERS
+def test_save_disk_full_before_writing(saved, monkeypatch, save):
     _, path, before = saved
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, used=10**9 - 1000, free=1000))
-    _save_fails(example_session(1), path, "Not enough disk space.*needs about", before)
+    _save_fails(example_session(1), path, "Not enough disk space.*needs about", before, save)
 
 
-def test_save_disk_full_while_sqlite_writes(saved, monkeypatch):
+@SAVERS
+def test_save_disk_full_while_sqlite_writes(saved, monkeypatch, save):
     _, path, before = saved
-    monkeypatch.setattr(session_store, "_MAX_PAGE_COUNT", 5)  # SQLite reports SQLITE_FULL
-    _save_fails(example_session(1), path, "Not enough disk space", before)
+    monkeypatch.setattr(store_write, "_MAX_PAGE_COUNT", 5)  # SQLite reports SQLITE_FULL (in place: on growing)
+    _save_fails(example_session(1, 300), path, "Not enough disk space", before, save)
 
 
 def test_save_disk_full_on_flush(saved, monkeypatch):
@@ -496,8 +580,8 @@ def test_save_disk_full_on_flush(saved, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full)
-    _save_fails(example_session(1), path, "Not enough disk space", before)
+    monkeypatch.setattr(os, "fsync", full)  # the whole write's fsync of its temporary
+    _save_fails(example_session(1), path, "Not enough disk space", before, save_session_as)
 
 
 def test_save_into_missing_folder(tmp_path):
@@ -511,7 +595,7 @@ def test_save_removes_temporaries_of_dead_processes(saved):
     alive = path.parent / f".{path.name}.1-abcd.tmp"  # pid 1 is always running
     dead.write_bytes(b"junk")
     alive.write_bytes(b"junk")
-    save_session(s, path)
+    save_session_as(s, path)
     assert not dead.exists() and alive.exists()
 
 

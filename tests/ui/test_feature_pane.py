@@ -18,8 +18,11 @@ from circuit_studio.core.feature_index_build import build_feature_index
 from circuit_studio.core.graph import AttributionParams
 from circuit_studio.core.model_loading import load_model
 from circuit_studio.core.synthetic import WORDS, default_hooks, random_transcoders
+from circuit_studio.core.display_text import show_token
 from circuit_studio.ui.controller import Controller
-from circuit_studio.ui.feature_pane import BUILD_JOB, ExampleList, FeaturePane, show_token
+from circuit_studio.ui.feature.examples import ExampleList
+from circuit_studio.ui.feature.index_builder import BUILD_JOB
+from circuit_studio.ui.feature.pane import FeaturePane
 
 CONTEXT = 16
 PROMPT = "the capital of the state of Dallas is"
@@ -118,10 +121,10 @@ def test_feature_node_shows_label_examples_histogram_and_logits(world, controlle
                                                                                          sec.button.text())
         assert len(sec.examples.rows) == len(b.examples)
     # histogram: the index's counts and edges; this prompt's activation marked
-    opts = pane.histogram_item.opts
+    opts = pane.histogram.bars.opts
     assert list(opts["height"]) == list(d.histogram.counts)
     np.testing.assert_allclose(opts["x0"], d.histogram.edges[:-1])
-    assert pane.prompt_line.value() == pytest.approx(act)
+    assert pane.histogram.prompt_line.value() == pytest.approx(act)
     # logit effects
     assert pane.promotes.rowCount() == len(d.top_logits) and pane.suppresses.rowCount() == len(d.bottom_logits)
     assert pane.promotes.item(0, 0).text() == f"'{show_token(d.top_logits[0].token)}'"
@@ -212,21 +215,21 @@ def test_without_an_index_the_pane_offers_to_build_one_and_builds_it(qtbot, worl
     node = _strongest_feature(analysis.graph)
     analysis.select(node)
     assert pane.no_index.isVisible() and not pane.scroll.isVisible()
-    assert "No feature index for these transcoders." in pane.no_index_text.text()
-    assert pane.build_button.isVisible() and pane.build_button.isEnabled()
+    assert "No feature index for these transcoders." in pane.no_index.text.text()
+    assert pane.no_index.build_button.isVisible() and pane.no_index.build_button.isEnabled()
     assert pane.label_row.isVisible()  # labels work without an index too
 
     out = tmp_path / "built.sqlite"
     with qtbot.waitSignal(controller.jobs.finished, timeout=30000) as sig:
-        assert pane.build_index(world["corpus"], out, context=CONTEXT) == out
-        assert not pane.build_button.isEnabled()
+        assert pane.no_index.build_index(world["corpus"], out, context=CONTEXT) == out
+        assert not pane.no_index.build_button.isEnabled()
     assert sig.args[0] == BUILD_JOB and out.is_file()
     assert controller.feature_index is not None and controller.feature_index.path == out.resolve()
     layer, _, feat, _ = analysis.graph.feature_of(node)
     d = controller.feature_index.feature(layer, feat)
     assert pane.scroll.isVisible() and not pane.no_index.isVisible()
     assert len(pane.example_rows) == len(d.top_examples)
-    assert list(pane.histogram_item.opts["height"]) == list(d.histogram.counts)
+    assert list(pane.histogram.bars.opts["height"]) == list(d.histogram.counts)
     assert pane.label_edit.placeholderText() == d.label  # the new index's automatic label
 
 
@@ -234,8 +237,8 @@ def test_a_failed_build_says_why_and_leaves_the_button_usable(qtbot, world, cont
     controller.set_analysis(Analysis(world["graph"]))
     controller.analysis.select(_strongest_feature(world["graph"]))
     with qtbot.waitSignal(controller.jobs.failed, timeout=10000):
-        pane.build_index(tmp_path / "missing.txt", tmp_path / "x.sqlite")
-    assert "does not exist" in pane.build_status.text() and pane.build_button.isEnabled()
+        pane.no_index.build_index(tmp_path / "missing.txt", tmp_path / "x.sqlite")
+    assert "does not exist" in pane.no_index.build_status.text() and pane.no_index.build_button.isEnabled()
     assert controller.feature_index is None
 
 
@@ -243,26 +246,26 @@ def test_build_is_offered_only_with_model_and_transcoders(world, controller, pan
     controller.transcoders = None
     controller.set_analysis(Analysis(world["graph"]))
     controller.analysis.select(_strongest_feature(world["graph"]))
-    assert pane.no_index.isVisible() and not pane.build_button.isEnabled()
-    assert pane.build_index(world["corpus"]) is None
+    assert pane.no_index.isVisible() and not pane.no_index.build_button.isEnabled()
+    assert pane.no_index.build_index(world["corpus"]) is None
 
 
 def test_default_index_path_next_to_the_transcoders_or_in_the_data_folder(world, controller, pane):
     folder = world["tc"].source
-    assert pane.default_index_path() == folder / "feature_index.sqlite"
+    assert pane.no_index.default_index_path() == folder / "feature_index.sqlite"
     (folder / "feature_index.sqlite").write_bytes(b"")
     try:
-        assert pane.default_index_path() == folder / "feature_index-2.sqlite"  # never overwrites
+        assert pane.no_index.default_index_path() == folder / "feature_index-2.sqlite"  # never overwrites
         # and the existing file is offered
         controller.set_analysis(Analysis(world["graph"]))
         controller.analysis.select(_strongest_feature(world["graph"]))
-        assert pane.open_existing_button.isVisible()
+        assert pane.no_index.open_existing_button.isVisible()
     finally:
         (folder / "feature_index.sqlite").unlink()
     QStandardPaths.setTestModeEnabled(True)
     try:
         controller.transcoders = dataclasses.replace(world["tc"], source=None)
-        path = pane.default_index_path()
+        path = pane.no_index.default_index_path()
         assert path.name == f"{world['tc'].scan}.sqlite" and folder not in path.parents
     finally:
         QStandardPaths.setTestModeEnabled(False)
@@ -323,8 +326,8 @@ def test_build_waits_for_a_running_job(qtbot, world, controller, pane):
     gate = threading.Event()
     controller.jobs.submit("Tracing", lambda p, c: gate.wait(10))
     try:
-        assert pane.build_index(world["corpus"]) is None
-        assert "Tracing" in pane.build_status.text()
+        assert pane.no_index.build_index(world["corpus"]) is None
+        assert "Tracing" in pane.no_index.build_status.text()
     finally:
         gate.set()
         qtbot.waitUntil(lambda: not controller.jobs.busy, timeout=10000)

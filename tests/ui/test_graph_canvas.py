@@ -21,9 +21,10 @@ from parity_cases import EXTRA_CASES, reference_graph
 
 from circuit_studio.core.analysis import Analysis
 from circuit_studio.core.graph import NodeKind
-from circuit_studio.ui import graph_canvas as gc_module
+from circuit_studio.ui.canvas import edges, shown_graph
+from circuit_studio.ui.canvas.activation_rings import CHANGE_DOWN, CHANGE_TOLERANCE, CHANGE_UP
+from circuit_studio.ui.canvas.view import GraphCanvas
 from circuit_studio.ui.controller import Controller
-from circuit_studio.ui.graph_canvas import GraphCanvas
 
 CASE = EXTRA_CASES / "llama_relu_skip"
 
@@ -168,7 +169,7 @@ def test_hover_shows_the_node(qtbot, canvas, analysis):
 
 def test_every_selection_highlights_exactly_its_kept_edges(monkeypatch, canvas, analysis):
     calls = []
-    monkeypatch.setattr(gc_module, "layered_layout", lambda *a: calls.append(a))  # must not be needed
+    monkeypatch.setattr(shown_graph, "layered_layout", lambda *a: calls.append(a))  # must not be needed
     positions = {int(n): canvas.node_screen_pos(int(n)) for n in canvas.visible_nodes()}
     for node in positions:
         analysis.select(node)
@@ -199,7 +200,7 @@ def test_slider_moves_reprune_live(qtbot, canvas, analysis):
     analysis.subscribe(lambda aspect: prunes.append(aspect) if aspect.value == "pruning" else None)
     for value in (70, 65, 60):  # a drag: the debounce prunes once, at the last value
         canvas.node_slider.setValue(value)
-    assert canvas._node_value.text() == "0.60"
+    assert canvas.toolbar.node_value.text() == "0.60"
     qtbot.waitUntil(lambda: analysis.node_threshold == pytest.approx(0.60), timeout=3000)
     assert len(prunes) == 1
     assert canvas.hidden_label.text() != before_text
@@ -281,7 +282,7 @@ def test_analysis_then_none(qtbot, canvas, controller, analysis):
 
 def test_raster_edge_path(qtbot, monkeypatch, controller, analysis):
     """Above VECTOR_EDGE_LIMIT the edges are rasterised off the GUI thread; the model logic is the same."""
-    monkeypatch.setattr(gc_module, "VECTOR_EDGE_LIMIT", 20)
+    monkeypatch.setattr(edges, "VECTOR_EDGE_LIMIT", 20)
     canvas = make_canvas(qtbot, controller)
     qtbot.waitUntil(canvas.edges_ready, timeout=5000)
     image = canvas.plot.grab().toImage()
@@ -316,14 +317,14 @@ def test_activation_change_rings(qtbot, canvas, controller, analysis):
     feats = shown_of_kind(canvas, analysis, NodeKind.FEATURE)
     hidden = int(np.flatnonzero(~analysis.pruned.node_mask[: analysis.graph.n_features])[0])
     token = shown_of_kind(canvas, analysis, NodeKind.TOKEN)[0]
-    small = gc_module.CHANGE_TOLERANCE / 2
+    small = CHANGE_TOLERANCE / 2
     changes = {feats[0]: -1.0, feats[1]: 0.4, feats[2]: -0.1, feats[3]: small, hidden: 2.0, token: 1.0}
     controller.set_intervention_changes(changes)  # how the intervention pane reaches the canvas
     assert canvas.activation_rings() == {feats[0]: -1.0, feats[1]: 0.4, feats[2]: -0.1}
     spots = canvas._change_rings.data
     assert len(spots) == 3
     colours = {QColor(p.color()).name() for p in spots["pen"]}
-    assert colours == {QColor(gc_module._CHANGE_DOWN).name(), QColor(gc_module._CHANGE_UP).name()}
+    assert colours == {QColor(CHANGE_DOWN).name(), QColor(CHANGE_UP).name()}
     widths = sorted(p.widthF() for p in spots["pen"])
     assert widths[0] < widths[-1]  # a larger change draws a wider ring
     assert canvas.ring_legend.isVisibleTo(canvas)

@@ -24,8 +24,9 @@ from circuit_studio.core.analysis import Analysis
 from circuit_studio.core.interventions import Intervention, generate, intervene
 from circuit_studio.core.model_loading import load_model
 from circuit_studio.core.transcoder_loading import load_transcoders
+from circuit_studio.ui.canvas.activation_rings import CHANGE_TOLERANCE
+from circuit_studio.ui.canvas.view import GraphCanvas
 from circuit_studio.ui.controller import Controller
-from circuit_studio.ui.graph_canvas import CHANGE_TOLERANCE, GraphCanvas
 from circuit_studio.ui.intervention_pane import (AFTER_COLOUR, BAR_SLOT_PX, NO_GRAPH, NO_MODEL, TOP_K,
                                                  InterventionPane, activation_changes)
 

@@ -1,5 +1,6 @@
-"""The compute thread: results, errors and cancellation come back as signals, a newer submission
-replaces a waiting one, and the event loop keeps answering while a real trace runs."""
+"""The compute thread: results, errors and cancellation come back as signals and to the submitter's
+handle, a newer submission replaces a waiting one of the same kind only, and the event loop keeps
+answering while a real trace runs."""
 
 from __future__ import annotations
 
@@ -70,6 +71,55 @@ def test_latest_submission_wins_no_backlog(qtbot, runner):
         runner.submit("slider", job(f"slider {i}"))
     qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
     assert ran == ["first", "slider 4"]
+
+
+def test_outcomes_reach_the_handle_that_asked(qtbot, runner):
+    """Each job's result or error goes to the callbacks bound to its handle: no one matches names."""
+    got = {}
+    ok = runner.submit("same name", lambda p, c: "a", on_done=lambda r: got.setdefault("done", r))
+    bad = runner.submit("same name", lambda p, c: 1 / 0, key="other",
+                        on_error=lambda e: got.setdefault("error", e.message))
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+    assert got == {"done": "a", "error": "ZeroDivisionError: division by zero"}
+    assert (ok.status, ok.result) == ("done", "a") and (bad.status, bad.error.message) == ("failed", got["error"])
+
+
+def test_a_new_job_never_drops_another_panes_waiting_job(qtbot, runner):
+    """Behind a running trace: the feature pane's index build waits, the intervention pane's newer update
+    replaces only its own older one (whose handle is told), and both run when the trace ends."""
+    import threading
+
+    gate = threading.Event()
+    runner.submit("Tracing", lambda p, c: gate.wait(10))
+    ran = []
+    build = runner.submit("Building feature index", lambda p, c: "index", on_done=ran.append)
+    older = runner.submit("Intervention", lambda p, c: "older", on_done=ran.append,
+                          on_cancel=lambda: ran.append("older superseded"))
+    newer = runner.submit("Intervention", lambda p, c: "newer", on_done=ran.append)
+    assert (build.status, older.status, newer.status) == ("waiting", "superseded", "waiting")
+    assert runner.waiting == (build, newer)
+    gate.set()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+    assert ran == ["older superseded", "index", "newer"]
+    assert build.status == newer.status == "done"
+
+
+def test_cancel_tells_every_waiting_handle(qtbot, runner):
+    import threading
+
+    gate = threading.Event()
+    running = runner.submit("Tracing", lambda p, c: [cancel_wait(c, gate)])
+    told = []
+    waiting = runner.submit("Building feature index", lambda p, c: "index", on_cancel=lambda: told.append("build"))
+    runner.cancel()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
+    assert told == ["build"] and waiting.status == "cancelled" and running.status == "cancelled"
+
+
+def cancel_wait(cancel, gate):
+    for _ in range(500):
+        cancel.raise_if_set()
+        time.sleep(0.01)
 
 
 def test_event_loop_keeps_answering_during_a_trace(qtbot, runner, tmp_path):

@@ -12,7 +12,8 @@ from parity_cases import case_dirs, reference_graph
 
 from circuit_studio.core.analysis import Analysis
 from circuit_studio.ui.controller import Controller
-from circuit_studio.ui.subgraph_pane import EMPTY_TEXT, SubgraphPane, subgraph_layout
+from circuit_studio.ui.subgraph.layout import subgraph_layout
+from circuit_studio.ui.subgraph.pane import EMPTY_TEXT, SubgraphPane
 
 NO_MOD = Qt.KeyboardModifier.NoModifier
 CTRL = Qt.KeyboardModifier.ControlModifier
@@ -92,11 +93,11 @@ def test_pinning_three_nodes_shows_three_vertices(qtbot, pane, analysis, three):
     for n in three:
         analysis.toggle_pin(n)
     assert pane.stack.currentWidget() is pane.plot_widget
-    assert len(pane.vertices) == 3 and len(pane._scatter.data) == 3
+    assert len(pane.vertices) == 3 and len(pane.plot_widget.vertex_scatter.data) == 3
     assert [v.members for v in pane.vertices] == [(n,) for n in three]
     assert pane.count_label.text() == "3 pinned · 0 supernodes"
     np.testing.assert_allclose(pane.edges, expected_edges(analysis, pane.vertices), rtol=1e-5, atol=1e-7)
-    assert len(pane._edge_items) > 0  # the two feature -> logit edges are drawn
+    assert len(pane.plot_widget.edge_curves) > 0  # the two feature -> logit edges are drawn
     # laid out like the main graph: y = layer row (embeddings 0, logits n_layers + 1)
     layers = analysis.graph.node_layers()
     for v in pane.vertices:
@@ -157,7 +158,7 @@ def test_group_with_g_sums_member_edges_then_rename_and_ungroup(qtbot, pane, ana
     assert analysis.supernodes[0].name == "capital of"
     assert not pane.rename_edit.isVisible()
     assert pane.vertices[s_idx].name == "capital of"
-    qtbot.waitUntil(lambda: pane._labels[s_idx].textItem.toPlainText().endswith("(2)"), timeout=2000)
+    qtbot.waitUntil(lambda: pane.plot_widget.vertex_labels[s_idx].textItem.toPlainText().endswith("(2)"), timeout=2000)
     assert "(2)" in pane._tip(data=s_idx) or "Supernode of 2" in pane._tip(data=s_idx)
 
     # ungroup restores the three vertices and the plain edges

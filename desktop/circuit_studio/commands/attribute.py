@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
     from ..core.atomic_write import replace_all_or_none
     from ..core.attribution import attribute
     from ..core.export import dump_frontend_json, frontend_json
-    from ..core.graph import AttributionParams, write_graph_npz
+    from ..core.graph import DENSE_FILE_MAX_NODES, AttributionParams, write_graph_npz
     from ..core.memory_plan import RunSize
     from ..core.pruning import Pruner
 
@@ -62,10 +62,10 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
     with replace_all_or_none([args.out, args.npz]) as (tmp_json, tmp_npz):  # both files or neither
         tmp_json.write_text(text, encoding="utf-8")
         if tmp_npz is not None:
-            write_graph_npz(graph, tmp_npz, extra={"node_mask": pruned.node_mask, "edge_mask": pruned.edge_mask})
+            write_graph_npz(graph, tmp_npz, extra=pruned.file_arrays(dense=graph.n_nodes <= DENSE_FILE_MAX_NODES))
     s = graph.provenance["seconds"]
     print(f"{graph.n_pos} tokens, {graph.active_features.shape[0]} active features, {graph.n_features} in graph, "
-          f"{graph.n_logits} logits; kept {int(pruned.node_mask.sum())} nodes / {int(pruned.edge_mask.sum())} edges; "
+          f"{graph.n_logits} logits; kept {pruned.n_nodes} nodes / {pruned.n_edges} edges; "
           f"replacement {replacement:.3f}, completeness {completeness:.3f}; "
           f"attribution {s['total']:.2f}s, pruning {s['prune_and_scores']:.2f}s -> {args.out}")
     return 0

@@ -47,6 +47,8 @@ def load_planned(args: argparse.Namespace, progress: ProgressFn, cancel: CancelT
     from ..core.model_loading import default_device, describe_model, load_model, load_tokenizer
     from ..core.transcoder_loading import check_transcoders_fit, describe_transcoders, load_transcoders
 
+    # subnormals flushed before the first parallel work, so the compute threads inherit it (frozen_backward)
+    torch.set_flush_denormal(True)
     summary = describe_model(args.model)
     tc_summary = describe_transcoders(args.transcoders)
     device = torch.device(args.device) if args.device else default_device()

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from .display_text import feature_name, layer_name
 from .graph import AttributionGraph, NodeKind
 from .pruning import Pruner, PruneResult
 
@@ -236,7 +237,7 @@ class Analysis:
 
     # ---- labels ----
     def feature_key(self, node: int) -> tuple[int, int] | None:
-        if self._kinds[node] != 0:
+        if self._kinds[node] != NodeKind.FEATURE.code:
             return None
         layer, _, feat, _ = self.graph.feature_of(node)
         return layer, feat
@@ -260,10 +261,10 @@ class Analysis:
         if kind is NodeKind.FEATURE:
             layer, _, feat, _ = g.feature_of(node)
             return self.labels.get((layer, feat)) or (self.auto_label(layer, feat) if self.auto_label else "") \
-                or f"L{layer} #{feat}"
+                or feature_name(layer, feat)
         pos = int(self._positions[node])
         if kind is NodeKind.ERROR:
-            return f"Error L{int(self._layers[node])} @ {g.token_strings[pos]!r}"
+            return f"Error {layer_name(int(self._layers[node]), g.n_layers)} @ {g.token_strings[pos]!r}"
         if kind is NodeKind.TOKEN:
             return f"Emb: {g.token_strings[pos]!r}"
         k = node - g.logit_offset

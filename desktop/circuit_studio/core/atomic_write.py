@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CircuitStudioError
+from .processes import pid_alive
 
 __all__ = ["OutputError", "replace_all_or_none", "write_text_atomic", "write_bytes_atomic", "output_error",
            "is_disk_full", "is_read_only", "is_write_failure", "check_output_path", "remove_stale_temporaries"]
@@ -131,22 +132,12 @@ def remove_stale_temporaries(target: Path) -> None:
         return
     for p in target.parent.glob(f".{_glob_escape(target.name)}.*-*.tmp"):
         pid = p.name[:-4].rpartition(".")[2].partition("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             _remove(p)
 
 
 def _glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _fsync(path: Path) -> None:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import torch
 
+from .adjacency import Adjacency, Block
 from .errors import PromptError
-from .frozen_backward import FrozenBackward, Targets
+from .frozen_backward import FrozenBackward, PackedBackward, RowBatch, SourceLayout, flush_subnormals, plan_batches
 from .graph import AttributionGraph, AttributionParams
 from .model_loading import ModelBundle, decode_tokens, tokenize_prompt
 from .progress import CancelToken, ProgressFn, check, report
@@ -35,6 +38,9 @@ from .replacement import CleanRun, record_clean_run
 from .targets import LogitTargets, TargetSpec, resolve_targets, select_logit_targets
 from .transcoder_loading import check_transcoders_fit
 from .transcoders import TranscoderSet
+
+
+MIN_ROW_POSITIONS = 8192  # the least (rows x positions) one packed batch may hold, whatever batch_size
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +75,8 @@ def _phase0(bundle: ModelBundle, ids: torch.Tensor, tc: TranscoderSet, params: A
 
 
 class _EdgeRows:
-    """Computes rows of direct effects on the columns [active features, errors, tokens]."""
+    """The sources of direct effects, columns [active features, errors, tokens], in the forms the
+    backward passes need (each built on first use)."""
 
     def __init__(self, p0: _Phase0, tc: TranscoderSet, backward: FrozenBackward, cancel: CancelToken | None):
         self.p0, self.tc, self.backward, self.cancel = p0, tc, backward, cancel
@@ -80,62 +87,147 @@ class _EdgeRows:
         dev, dtype = backward.device, backward.dtype
         self.errors = p0.errors.to(dev, dtype)
         self.tokens = p0.clean.token_vectors.to(dev, dtype)
-        # Decoder rows scaled by activation, per (source layer, output layer). Active features are
-        # sorted by (layer, pos, feature), so one layer's features are the columns [c0, c1) and each
-        # position's are a contiguous run inside them: spans [(pos, start, end)] relative to c0.
-        self.decoders: dict[tuple[int, int], torch.Tensor] = {}  # [n_src, d]
+        # Active features are sorted by (layer, pos, feature), so one layer's features are the columns
+        # [c0, c1) and each position's are a contiguous run inside them: spans [(pos, start, end)] relative to c0.
         self.layer_columns: dict[int, tuple[int, int, list[tuple[int, int, int]]]] = {}
-        active = p0.active
+        active = p0.active.cpu()
         for src in range(L):
             idx = torch.nonzero(active[:, 0] == src).flatten()
             if idx.numel() == 0:
                 continue
             c0, c1 = int(idx[0]), int(idx[-1]) + 1
-            pos = active[c0:c1, 1]
-            bounds = torch.searchsorted(pos, torch.arange(P + 1)).tolist()
+            bounds = torch.searchsorted(active[c0:c1, 1].contiguous(), torch.arange(P + 1)).tolist()
             spans = [(p, bounds[p], bounds[p + 1]) for p in range(P) if bounds[p + 1] > bounds[p]]
             self.layer_columns[src] = (c0, c1, spans)
+
+    @cached_property
+    def decoders(self) -> dict[tuple[int, int], torch.Tensor]:
+        """Decoder rows scaled by activation, per (source layer, output layer) [n_src, d] (`FrozenBackward.run`'s users)."""
+        dev, dtype = self.backward.device, self.backward.dtype
+        out = {}
+        for src, (c0, c1, _) in self.layer_columns.items():
+            feat = self.p0.active[c0:c1, 2].to(dev)
+            scale = self.p0.values[c0:c1, None].to(dev, dtype)
+            for dst in (range(src, self.L) if self.tc.is_clt else (src,)):
+                out[src, dst] = self.tc.decoder_rows(src, feat, dst).to(dtype) * scale
+        return out
+
+    @cached_property
+    def encoders(self) -> torch.Tensor:
+        """Encoder rows of every active feature (the feature rows' injected vectors) [n_active, d], stored dtype.
+        Gathered once: an encoder stored [d, F] (GemmaScope) would otherwise be paged in whole by every batch."""
+        active = self.p0.active
+        enc = self.tc.encoder_rows(active[:, 0], active[:, 2])
+        for layer in range(self.L):  # all a memory-mapped set contributes is now in memory
+            self.tc.release_layer(layer)
+        return enc
+
+    @cached_property
+    def layout(self) -> SourceLayout:
+        """Columns in the packed pass's order (`frozen_backward.SourceLayout`), ids in active coordinates:
+        feature = active index, error = n_active + layer * P + pos, token = n_active + L * P + pos."""
+        p0, tc, L, P = self.p0, self.tc, self.L, self.P
+        dev = self.backward.device
+        active = p0.active.cpu()
+        values = p0.values.float()
+        nodes, starts, vectors = [], [], {}
+        for src in range(L):
+            c0, c1, _ = self.layer_columns.get(src, (0, 0, []))
+            pos = active[c0:c1, 1].numpy()
+            counts = np.bincount(pos, minlength=P)
+            st = np.concatenate([[0], np.cumsum(counts + 1)]).astype(np.int64)  # + the error node per position
+            first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            feat_slots = st[pos] + (np.arange(c1 - c0) - first[pos])
+            err_slots = st[1:] - 1
+            col = np.empty(int(st[-1]), dtype=np.int64)
+            col[feat_slots] = np.arange(c0, c1)
+            col[err_slots] = self.n_active + src * P + np.arange(P)
+            nodes.append(col)
+            starts.append(tuple(int(x) for x in st))
+            fs, es = torch.from_numpy(feat_slots).to(dev), torch.from_numpy(err_slots).to(dev)
             feat = active[c0:c1, 2].to(dev)
-            scale = p0.values[c0:c1, None].to(dev, dtype)
-            for out in (range(src, L) if tc.is_clt else (src,)):
-                self.decoders[src, out] = tc.decoder_rows(src, feat, out).to(dtype) * scale
-        # Encoder rows of every active feature (the feature rows' injected vectors), gathered once:
-        # an encoder stored [d, F] (GemmaScope) would otherwise be paged in whole by every batch.
-        self.encoders = tc.encoder_rows(active[:, 0], active[:, 2])  # [n_active, d], stored dtype
-        for layer in range(L):  # all a memory-mapped set contributes is now in memory
-            tc.release_layer(layer)
+            scale = values[c0:c1, None].to(dev)
+            for dst in (range(src, L) if tc.is_clt else (src,)):
+                v = torch.zeros(col.size, p0.errors.shape[-1], device=dev, dtype=torch.float32)
+                if c1 > c0:
+                    v[fs] = tc.decoder_rows(src, feat, dst).float() * scale
+                if dst == src:
+                    v[es] = p0.errors[src].to(dev, torch.float32)
+                vectors[src, dst] = v
+        return SourceLayout(nodes=tuple(nodes), starts=tuple(starts), vectors=vectors,
+                            token_nodes=self.n_active + L * P + np.arange(P), tokens=p0.clean.token_vectors)
 
-    def compute(self, targets: Targets) -> torch.Tensor:
-        """[B, n_cols] float32 on the CPU."""
-        B = targets.layers.shape[0]
-        out = torch.zeros(B, self.n_cols, device=self.backward.device, dtype=torch.float32)
-        err0 = self.n_active
 
-        def on_write(layer: int, g: torch.Tensor) -> None:
+class _BlockSink:
+    """Hands `PackedBackward.run` the tensors to write a batch's edges into.
+
+    `final`: new float32 blocks of the graph's adjacency, kept in `blocks` (ids are the layout's);
+    otherwise scratch in a reused buffer, scattered after the batch into rows of `matrix` by `flush`."""
+
+    def __init__(self, layout: SourceLayout, matrix: torch.Tensor | None = None) -> None:
+        self.layout, self.matrix = layout, matrix
+        self.blocks: list[Block] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
+        self._scratch = torch.empty(0)
+        self._used = 0
+
+    def for_batch(self, row_ids: np.ndarray, n_pos: int):
+        self._used = 0
+        self._pending.clear()
+
+        def block(s: int, n: int) -> torch.Tensor:
+            cols = self.layout.token_nodes[:n_pos] if s < 0 else self.layout.nodes[s][:self.layout.starts[s][n_pos]]
+            rows = row_ids[:n]
+            if self.matrix is None:
+                values = np.empty((cols.size, n), dtype=np.float32)
+                self.blocks.append(Block(rows, cols, values))
+                return torch.from_numpy(values)
+            size = cols.size * n
+            if self._used + size > self._scratch.numel():
+                self._scratch = torch.empty(max(2 * self._scratch.numel(), self._used + size))
+                self._used = 0
+            view = self._scratch[self._used: self._used + size].view(cols.size, n)
+            self._used += size
+            self._pending.append((rows, cols, view))
+            return view
+        return block
+
+    def flush(self) -> None:
+        for rows, cols, values in self._pending:
+            r = torch.from_numpy(rows)[:, None]
+            self.matrix[r, torch.from_numpy(cols)[None, :]] = values.T
+        self._pending.clear()
+
+
+class _RowProgress:
+    """Counts rows done and reports "Feature rows" in units of batch_size rows, one step at a time
+    (checking for cancellation before each), as a batch-by-batch loop would."""
+
+    def __init__(self, progress: ProgressFn | None, cancel: CancelToken | None, batch_size: int, total: int) -> None:
+        self.progress, self.cancel, self.bs, self.total = progress, cancel, batch_size, total
+        self.rows = self.shown = 0
+
+    def __call__(self, n: int) -> None:
+        self.rows += n
+        for step in range(self.shown + 1, min(math.ceil(self.rows / self.bs), self.total) + 1):
             check(self.cancel)
-            n_pos = g.shape[1]
-            for src in range(layer + 1):
-                dec = self.decoders.get((src, layer))
-                if dec is None:
-                    continue
-                c0, _, spans = self.layer_columns[src]
-                for p, a, b in spans:
-                    if p >= n_pos:  # causal: later positions received no gradient
-                        break
-                    out[:, c0 + a: c0 + b] += (g[:, p] @ dec[a:b].T).float()
-            e = torch.einsum("bpd,pd->bp", g, self.errors[layer, :n_pos])
-            out[:, err0 + layer * self.P: err0 + layer * self.P + n_pos] = e.float()
-
-        g_embed = self.backward.run(targets, on_write)
-        tok0 = err0 + self.L * self.P
-        n_pos = g_embed.shape[1]
-        out[:, tok0: tok0 + n_pos] = torch.einsum("bpd,pd->bp", g_embed, self.tokens[:n_pos]).float()
-        return out.cpu()
+            report(self.progress, "Feature rows", step, self.total)
+            self.shown = step
 
 
-def _feature_targets(p0: _Phase0, edges: _EdgeRows, which: torch.Tensor) -> Targets:
-    layers, pos, _ = p0.active[which].unbind(1)
-    return Targets(layers, pos, edges.encoders[which.to(edges.encoders.device)])
+def _run_rows(engine: PackedBackward, sink: _BlockSink, layers: np.ndarray, positions: np.ndarray,
+              vectors: torch.Tensor, row_ids: np.ndarray, cancel: CancelToken | None,
+              done: Callable[[int], None] | None = None) -> None:
+    """Rows (target layer, position, injected vector) -> their edges, through `sink`, batch by batch."""
+    for idx, n_pos in plan_batches(layers, positions, engine.max_row_positions):
+        check(cancel)
+        t = torch.from_numpy(idx)
+        batch = RowBatch(layers[idx], positions[idx], vectors[t.to(vectors.device)], n_pos)
+        engine.run(batch, sink.for_batch(row_ids[idx], n_pos), cancel=lambda: check(cancel))
+        if sink.matrix is not None:
+            sink.flush()
+        if done is not None:
+            done(idx.size)
 
 
 def _partial_influences(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor,
@@ -181,79 +273,135 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
     report(progress, "Forward pass", 1, 1)
     timings = {"forward": time.perf_counter() - started}
 
-    edges = _EdgeRows(p0, tc, FrozenBackward(bundle.arch, p0.clean, tc, bundle.dtype), cancel)
+    flush_subnormals()  # for this thread; the command line and the window set it before any work
+    fb = FrozenBackward(bundle.arch, p0.clean, tc, bundle.dtype)
+    edges = _EdgeRows(p0, tc, fb, cancel)
     K, n_active, n_cols = p0.targets.token_ids.shape[0], edges.n_active, edges.n_cols
     budget = n_active if params.max_feature_nodes is None else min(params.max_feature_nodes, n_active)
     bs = params.batch_size
-    # Rows in the order computed: K logit rows, then feature rows. The extra K zero columns stand for
-    # the logit nodes, which the partial-influence estimate needs.
-    matrix = torch.zeros(K + budget, n_cols + K)
-    row_nodes = torch.empty(K + budget, dtype=torch.long)
-    row_nodes[:K] = torch.arange(n_cols, n_cols + K)
-
-    t0 = time.perf_counter()
     L, P = tc.n_layers, ids.shape[0]
-    for i in range(0, K, bs):
-        check(cancel)
-        k = slice(i, min(i + bs, K))
-        n = k.stop - k.start
-        matrix[k, :n_cols] = edges.compute(Targets(torch.full((n,), L), torch.full((n,), P - 1),
-                                                   p0.targets.vectors[k]))
-        report(progress, "Logit rows", k.stop, K)
-    timings["logit_rows"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    visited = torch.zeros(n_active, dtype=torch.bool)
-    n_done = 0
+    # A batch holds at most bs x P row-positions (the state of the padded [bs, P, d] batch it replaces),
+    # or MIN_ROW_POSITIONS: small batch sizes then do not change how rows are grouped, so the graph does
+    # not depend on batch_size even in the last bit.
+    engine = PackedBackward(fb, p0.clean, edges.layout, max_row_positions=max(bs * P, MIN_ROW_POSITIONS))
+    active = p0.active.cpu().numpy()
+    logit_layers, logit_pos = np.full(K, L, dtype=np.int64), np.full(K, P - 1, dtype=np.int64)
     total_batches = math.ceil(budget / bs)
-    while n_done < budget:
-        if budget == n_active:
-            queue = torch.arange(n_active)[~visited]  # everything: no ranking needed
-        else:
+    timings["setup"] = time.perf_counter() - started - timings["forward"]
+
+    if budget == n_active:
+        # Every active feature: the rows are written straight into the graph's blocks, in node order
+        # coordinates (features keep their active index, logits follow the tokens).
+        sink = _BlockSink(edges.layout)
+        t0 = time.perf_counter()
+        _run_rows(engine, sink, logit_layers, logit_pos, p0.targets.vectors,
+                  n_cols + np.arange(K, dtype=np.int64), cancel)
+        report(progress, "Logit rows", K, K)
+        timings["logit_rows"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        count = _RowProgress(progress, cancel, bs, total_batches)
+        macs0 = engine.macs
+        _run_rows(engine, sink, active[:, 0], active[:, 1], edges.encoders, np.arange(n_active, dtype=np.int64),
+                  cancel, count)
+        timings["feature_rows"] = time.perf_counter() - t0
+        work = {"feature_row_macs": engine.macs - macs0}
+        t0 = time.perf_counter()
+        selected = torch.arange(n_active)
+        adjacency = Adjacency(n_cols + K, sink.blocks)
+    else:
+        # A feature budget: rows in the order computed (K logit rows, then feature rows) in one matrix
+        # over every active feature, which the partial-influence estimate ranks the frontier from.
+        # The extra K zero columns stand for the logit nodes.
+        matrix = torch.zeros(K + budget, n_cols + K)
+        row_nodes = torch.empty(K + budget, dtype=torch.long)
+        row_nodes[:K] = torch.arange(n_cols, n_cols + K)
+        sink = _BlockSink(edges.layout, matrix)
+        t0 = time.perf_counter()
+        _run_rows(engine, sink, logit_layers, logit_pos, p0.targets.vectors, np.arange(K, dtype=np.int64), cancel)
+        report(progress, "Logit rows", K, K)
+        timings["logit_rows"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        visited = torch.zeros(n_active, dtype=torch.bool)
+        n_done = 0
+        count = _RowProgress(progress, cancel, bs, total_batches)
+        macs0 = engine.macs
+        while n_done < budget:
             infl = _partial_influences(matrix[: K + n_done], row_nodes[: K + n_done],
                                        p0.targets.probabilities, n_cols)[:n_active]
             order = torch.argsort(infl, descending=True, stable=True)
             order = order[~visited[order]]
-            queue = order[: min(params.update_interval * bs, budget - n_done)]
-        # batches in (layer, position) order let each backward pass stop early
-        queue = torch.sort(queue).values
-        for i in range(0, queue.shape[0], bs):
-            check(cancel)
-            which = queue[i: i + bs]
-            r = slice(K + n_done, K + n_done + which.shape[0])
-            matrix[r, :n_cols] = edges.compute(_feature_targets(p0, edges, which))
-            row_nodes[r] = which
-            visited[which] = True
-            n_done += which.shape[0]
-            report(progress, "Feature rows", math.ceil(n_done / bs), total_batches)
-    timings["feature_rows"] = time.perf_counter() - t0
+            queue = torch.sort(order[: min(params.update_interval * bs, budget - n_done)]).values
+            slots = K + n_done + np.arange(queue.shape[0], dtype=np.int64)
+            which = queue.numpy()
+            _run_rows(engine, sink, active[which, 0], active[which, 1], edges.encoders[queue.to(edges.encoders.device)],
+                      slots, cancel, count)
+            row_nodes[K + n_done: K + n_done + queue.shape[0]] = queue
+            visited[queue] = True
+            n_done += queue.shape[0]
+        timings["feature_rows"] = time.perf_counter() - t0
+        work = {"feature_row_macs": engine.macs - macs0}
+        t0 = time.perf_counter()
+        selected = torch.nonzero(visited).flatten()
+        adjacency = _blocks_from_rows(p0, matrix, row_nodes, selected, edges.layout)
 
     text = prompt if isinstance(prompt, str) else bundle.tokenizer.decode(ids.tolist())
-    graph = _package(bundle, p0, matrix, row_nodes, visited, params, ids, text, tc.scan)
+    graph = _package(bundle, p0, adjacency, selected, params, ids, text, tc.scan)
+    timings["package"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
     graph.provenance["seconds"] = timings
+    graph.provenance["work"] = work
     report(progress, "Done", 1, 1)
     return graph
 
 
-def _package(bundle: ModelBundle, p0: _Phase0, matrix: torch.Tensor, row_nodes: torch.Tensor,
-             visited: torch.Tensor, params: AttributionParams, ids: torch.Tensor, prompt: str,
-             transcoder_name: str) -> AttributionGraph:
-    """Rows in computed order -> the N x N matrix in the node order of `graph`."""
+def _blocks_from_rows(p0: _Phase0, matrix: torch.Tensor, row_nodes: torch.Tensor, selected: torch.Tensor,
+                      layout: SourceLayout) -> Adjacency:
+    """The budget path's rows (in computed order, columns over every active feature) -> the graph's
+    blocks in node order: selected features only, one block per (position, source layer)."""
     K = p0.targets.token_ids.shape[0]
     L, P = p0.errors.shape[:2]
     n_active = int(p0.active.shape[0])
-    selected = torch.nonzero(visited).flatten()
-    n_sel = selected.shape[0]
+    sel = selected.numpy()
+    n_sel = sel.size
     N = n_sel + L * P + P + K
-    # columns: selected features, then errors and tokens (which follow the active features internally)
-    cols = torch.cat([selected, torch.arange(n_active, n_active + L * P + P)])
-    adj = np.zeros((N, N), dtype=np.float32)
-    row_of = torch.empty(n_active, dtype=torch.long)
-    row_of[row_nodes[K:]] = torch.arange(K, K + row_nodes.shape[0] - K)
-    feature_rows = row_of[selected]
-    adj[:n_sel, : N - K] = matrix[feature_rows][:, cols].numpy()
-    adj[N - K:, : N - K] = matrix[:K][:, cols].numpy()
+    rank = np.full(n_active, -1, dtype=np.int64)
+    rank[sel] = np.arange(n_sel)
+    # active coordinates -> node coordinates (features not selected drop out)
+    to_node = np.concatenate([rank, n_sel + np.arange(L * P + P)])
+    kept_cols, kept_starts = [], []
+    for s in range(L):
+        cols = layout.nodes[s]
+        keep = to_node[cols] >= 0
+        kept_cols.append(cols[keep])
+        kept_starts.append(np.concatenate([[0], np.cumsum(keep)])[list(layout.starts[s])])
+    slot = np.empty(n_active, dtype=np.int64)
+    slot[row_nodes[K:].numpy()] = np.arange(K, row_nodes.shape[0])
+    active = p0.active.cpu().numpy()
+    blocks = []
+
+    def add(rows_slots: np.ndarray, rows_nodes: np.ndarray, row_layers: np.ndarray, n_pos: int) -> None:
+        rs = torch.from_numpy(rows_slots)
+        for s in list(range(L)) + [-1]:
+            n = int(np.count_nonzero(row_layers > s))
+            if n == 0:
+                continue
+            cols = layout.token_nodes[:n_pos] if s < 0 else kept_cols[s][:kept_starts[s][n_pos]]
+            values = matrix[rs[:n]][:, torch.from_numpy(cols)].T.contiguous().numpy()
+            blocks.append(Block(rows_nodes[:n], to_node[cols], values))
+
+    if n_sel:
+        order = sel[np.lexsort((sel, -active[sel, 0], active[sel, 1]))]  # by position, then layer descending
+        pos = active[order, 1]
+        for group in np.split(order, np.flatnonzero(np.diff(pos)) + 1):
+            add(slot[group], rank[group], active[group, 0], int(active[group[0], 1]) + 1)
+    add(np.arange(K), N - K + np.arange(K), np.full(K, L), P)
+    return Adjacency(N, blocks)
+
+
+def _package(bundle: ModelBundle, p0: _Phase0, adjacency: Adjacency, selected: torch.Tensor,
+             params: AttributionParams, ids: torch.Tensor, prompt: str, transcoder_name: str) -> AttributionGraph:
+    L, P = p0.errors.shape[:2]
     return AttributionGraph(
         prompt=prompt, input_tokens=ids.numpy().astype(np.int64),
         token_strings=decode_tokens(bundle, ids),
@@ -263,7 +411,7 @@ def _package(bundle: ModelBundle, p0: _Phase0, matrix: torch.Tensor, row_nodes: 
         logit_token_ids=p0.targets.token_ids.numpy().astype(np.int64),
         logit_probabilities=p0.targets.probabilities.numpy().astype(np.float32),
         logit_tokens=p0.targets.labels or decode_tokens(bundle, p0.targets.token_ids),
-        adjacency_matrix=adj, n_layers=L, vocab_size=int(bundle.arch.unembed.shape[0]), params=params,
+        adjacency=adjacency, n_layers=L, vocab_size=int(bundle.arch.unembed.shape[0]), params=params,
         model_name=bundle.name, transcoder_name=transcoder_name,
         provenance=_provenance(bundle),
     )

@@ -96,7 +96,7 @@ def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, no
         raise ValueError(f"The pruning result has {result.node_mask.shape[0]} nodes, the graph {graph.n_nodes}.")
     ids = node_ids(graph)
     targets, sources = result.kept_edges()
-    weights = graph.adjacency_matrix[targets, sources].tolist()
+    weights = graph.adjacency.values_at(targets, sources).tolist()
     links = [{"source": ids[s], "target": ids[t], "weight": w}
              for t, s, w in zip(targets.tolist(), sources.tolist(), weights)]
 

@@ -377,6 +377,45 @@ class FeatureIndex:
                 "mean_act": np.array(cols[2], np.float64), "n_active": np.array(cols[3], np.int64)}
 
 
+MAX_CANDIDATES = 32  # index files looked at by find_feature_index
+
+
+def find_feature_index(tc, folder: str | Path | None = None) -> Path | None:
+    """The feature index built for transcoder set `tc`, among the `.sqlite` / `.db` files in its folder
+    (`folder`, default `tc.source`) and the folder above it: the first whose recorded transcoder
+    fingerprint (`feature_index_build.transcoder_fingerprint`) is `tc`'s. Reads only each file's meta
+    table; None when none matches."""
+    from .feature_index_build import transcoder_fingerprint
+
+    source = Path(folder) if folder is not None else (Path(tc.source) if getattr(tc, "source", None) else None)
+    if tc is None or source is None:
+        return None
+    base = source if source.is_dir() else source.parent
+    candidates = []
+    for d in (base, base.parent):
+        try:
+            candidates += sorted(p for p in d.iterdir() if p.suffix.lower() in (".sqlite", ".db") and p.is_file())
+        except OSError:
+            continue
+    fingerprint = None
+    for path in candidates[:MAX_CANDIDATES]:
+        try:
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=0.1)
+            try:
+                meta = dict(conn.execute("SELECT key, value FROM meta"))
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue
+        if meta.get("format") != INDEX_FORMAT:
+            continue
+        if fingerprint is None:
+            fingerprint = transcoder_fingerprint(tc)
+        if meta.get("transcoder_fingerprint") == fingerprint:
+            return path
+    return None
+
+
 def __getattr__(name: str):
     # build_feature_index lives in feature_index_build (which imports this module)
     if name in ("build_feature_index", "auto_label"):

@@ -20,6 +20,22 @@ Per layer l, with g the gradient at the residual stream after the block (shapes 
 
 `tests/core/test_attribution_properties.py` checks the result against `replacement.run_frozen`,
 which runs the real HF modules.
+
+`FrozenBackward.run` pushes a batch of rows padded to a common [B, P', d] (what `head_attribution`
+hooks into). `PackedBackward` is the one attribution uses; it does only the multiply-adds the
+answer needs:
+
+* a row injected at (layer l, position p) is non-zero at position p alone until layer l's
+  attention, whose transpose then mixes that one covector by the pattern's row p: one [d, d]
+  product at the top instead of P', and no edge products at layer l (its gradient there is 0);
+* the rows of a batch share their positions (`plan_batches`: rows of one position, or of a few
+  neighbouring positions when a position has few rows), so nothing is padded to another row's
+  last position;
+* the state lives in buffers allocated once; the pattern is applied to [dh * rows, P'] slabs in
+  one batched product per layer; frozen norm gains and LayerNorm centring are folded into the
+  weights, per-position scales into the edge vectors, and the residual additions into `addmm_`;
+* edge products are written straight into the blocks of the graph's adjacency (source-major
+  [columns, rows], `core.adjacency`).
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .families import Architecture, Norm
@@ -159,3 +176,308 @@ class FrozenBackward:
         if p.attn_norm.kind == "layer":  # LayerNorm's centring, the one part that does not fold
             g = g - g.mean(-1, keepdim=True)
         return g
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed rows: only the work the answer needs
+# ---------------------------------------------------------------------------------------------
+
+def flush_subnormals() -> bool:
+    """Treat subnormal floats (|x| < 1.2e-38) as 0 on this thread, and on the compute threads it starts
+    from now on (they inherit the setting when created; call it before the first parallel work).
+
+    Frozen attention patterns hold subnormal entries (a softmax of peaked scores), and every product
+    with them is subnormal too; a CPU takes about a hundred times longer over those. Flushing them
+    changes no edge by more than ~1e-38. Returns whether the CPU supports it."""
+    return bool(torch.set_flush_denormal(True))
+
+
+@dataclass(frozen=True, eq=False)
+class SourceLayout:
+    """The source columns of each layer in the order the backward pass writes them, and the vectors
+    they are dotted with.
+
+    Layer s's columns run by position q: its sources' features at q, then its error node at q.
+    `starts[s][q]` is where position q begins (`starts[s][P]` = all of them), so a batch whose last
+    position is P'-1 writes exactly the first `starts[s][P']` columns. `vectors[src, out]` [n_src, d]
+    holds, for that order, each column's vector at write layer `out`: a feature's activation x its
+    decoder row (its slot for `out`, for a cross-layer set), an error node's error vector (only
+    where src == out; zero rows otherwise). `nodes[s]` are the columns' ids, `token_nodes` [P] and
+    `tokens` [P, d] the token sources.
+    """
+
+    nodes: tuple[np.ndarray, ...]
+    starts: tuple[tuple[int, ...], ...]
+    vectors: dict[tuple[int, int], torch.Tensor]
+    token_nodes: np.ndarray
+    tokens: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Rows that share a position range: `layers` int64 [R] descending (n_layers = a logit row, injected
+    at the final-norm output), `positions` [R] (< n_pos), `vectors` [R, d] the injected covectors,
+    `n_pos` = P', one past the last position any row needs."""
+
+    layers: np.ndarray
+    positions: np.ndarray
+    vectors: torch.Tensor
+    n_pos: int
+
+    def started(self, layer: int) -> int:
+        """Rows already propagating when the pass reaches `layer`'s write point (layer above theirs)."""
+        return int(np.count_nonzero(self.layers > layer))
+
+
+def plan_batches(layers: np.ndarray, positions: np.ndarray, max_row_positions: int, *, min_rows: int = 48,
+                 max_padding: float = 0.25) -> list[tuple[np.ndarray, int]]:
+    """Group rows (target layer, position) into batches [(row indices, P')]: rows of one position, or
+    of neighbouring positions while a batch has fewer than `min_rows` rows and pads no row by more
+    than `max_padding` of P'; rows x P' stays within `max_row_positions` (a bigger group is split).
+    Inside a batch rows are ordered by layer descending (then position descending, then index)."""
+    layers, positions = np.asarray(layers, dtype=np.int64), np.asarray(positions, dtype=np.int64)
+    if layers.size == 0:
+        return []
+    by_pos = np.lexsort((np.arange(layers.size), -layers, -positions))
+    pos_sorted = positions[by_pos]
+    bounds = np.flatnonzero(np.diff(pos_sorted)) + 1
+    groups = np.split(by_pos, bounds)  # one per position, descending
+    merged: list[tuple[list[np.ndarray], int]] = []
+    for g in groups:
+        p = int(positions[g[0]])
+        if merged:
+            parts, n_pos = merged[-1]
+            n = sum(x.size for x in parts)
+            if (n < min_rows and n_pos - (p + 1) <= max_padding * n_pos
+                    and (n + g.size) * n_pos <= max_row_positions):
+                parts.append(g)
+                continue
+        merged.append(([g], p + 1))
+    out = []
+    for parts, n_pos in merged:
+        rows = np.concatenate(parts)
+        rows = rows[np.lexsort((rows, -positions[rows], -layers[rows]))]
+        step = max(1, max_row_positions // n_pos)
+        for i in range(0, rows.size, step):
+            out.append((rows[i: i + step], n_pos))
+    return out
+
+
+def needed_macs(layers: np.ndarray, positions: np.ndarray, features_per_position: np.ndarray, arch: Architecture,
+                tc: TranscoderSet) -> int:
+    """Multiply-adds the rows (target layer, position) need, counted exactly: edge products with every
+    source at or before the row's position in lower layers (features [L, P] per layer and position,
+    errors, tokens), and the frozen transpose from the row's read point down, with the row non-zero
+    at its own position until its first attention step and causal patterns (key <= query)."""
+    d = arch.d_model
+    L = arch.n_layers
+    skip = tc.w_skip is not None
+    feats = np.asarray(features_per_position, dtype=np.int64)  # [L, P]
+    cum = np.cumsum(feats, axis=1)  # features of layer s at positions <= q
+    total = 0
+    for l, p in zip(np.asarray(layers).tolist(), np.asarray(positions).tolist()):
+        n = p + 1
+        lay = arch.layers
+        if l < L:  # feature row: injected at l's read point; attention at l mixes one position
+            a = lay[l]
+            total += d * a.n_heads * a.head_dim + n * a.n_heads * a.head_dim + n * a.n_kv_heads * a.head_dim * d
+            below = range(l)
+        else:  # logit row: one position through the last layer's write point and skip, then as above
+            a = lay[L - 1]
+            total += (int(cum[L - 1, p]) + 1) * d * (L if tc.is_clt else 1) + (d * d if skip else 0)
+            total += d * a.n_heads * a.head_dim + n * a.n_heads * a.head_dim + n * a.n_kv_heads * a.head_dim * d
+            below = range(L - 1)
+        for s in below:
+            a = lay[s]
+            srcs = range(s + 1) if tc.is_clt else (s,)
+            total += sum(int(cum[src, p]) for src in srcs) * d + n * d  # features, errors
+            total += (n * d * d if skip else 0)
+            total += n * d * a.n_heads * a.head_dim + n * (n + 1) // 2 * a.n_heads * a.head_dim
+            total += n * a.n_kv_heads * a.head_dim * d
+        total += n * d  # tokens
+    return total
+
+
+class PackedBackward:
+    """Rows of the frozen transpose in packed batches (see the module docstring), written into
+    blocks the caller provides.
+
+    `run(batch, block)` calls `block(s, n_rows)` once per source layer s that the batch reaches
+    (s = -1: the tokens) and writes the batch's edges into the tensor it returns: float32
+    [starts[s][P'] (or P' for tokens), n_rows], rows in the batch's order (the first n_rows of it are
+    the rows started above s). `macs` counts the multiply-adds done.
+    """
+
+    def __init__(self, fb: FrozenBackward, clean: CleanRun, layout: SourceLayout, max_row_positions: int) -> None:
+        arch, tc = fb.arch, fb.tc
+        self.fb, self.arch, self.tc, self.layout = fb, arch, tc, layout
+        self.dtype, self.device = fb.dtype, fb.device
+        dev, dt = fb.device, fb.dtype
+        L, d = arch.n_layers, arch.d_model
+        self.max_row_positions = int(max_row_positions)
+        post = [p.post_mlp_norm if (p.post_mlp_norm is not None and tc.feature_output_hook == "mlp.hook_out")
+                else None for p in arch.layers]
+        hook = tc.feature_input_hook
+        # per layer: pattern' [H, P, P], w_o' [d, H dh], w_v' with LayerNorm's centring folded in
+        self.attn = []
+        for i, (pattern, w_o, w_v) in enumerate(fb.attention):
+            if arch.layers[i].attn_norm.kind == "layer":
+                w_v = (w_v.double() - w_v.double().mean(1, keepdim=True)).to(dt)
+            self.attn.append((pattern.contiguous(), w_o, w_v.contiguous()))
+        # skip: g_mid += sigma[q] * (g @ M) with M = D_post C_post W_skip D_read C_read
+        self.skip, self.sigma = [None] * L, None
+        if tc.w_skip is not None:
+            sig = torch.ones(L, clean.mlp_scales.shape[1], device=dev, dtype=torch.float32)
+            for s in range(L):
+                m = tc.w_skip[s].to(device=dev, dtype=torch.float64)  # g_read = g_write @ W_skip (see run)
+                if post[s] is not None:
+                    if post[s].kind == "layer":
+                        m = m - m.mean(0, keepdim=True)
+                    m = post[s].gain.to(dev, torch.float64)[:, None] * m
+                    sig[s] *= clean.post_mlp_scales[s, :, 0].to(dev)
+                norm = arch.layers[s].mlp_norm
+                if hook != "hook_resid_mid":
+                    if hook == "mlp.hook_in":
+                        m = m * norm.gain.to(dev, torch.float64)[None, :]
+                    if norm.kind == "layer":
+                        m = m - m.mean(1, keepdim=True)
+                    sig[s] *= clean.mlp_scales[s, :, 0].to(dev)
+                self.skip[s] = m.to(dt).contiguous()
+            self.sigma = sig.to(dt)
+        # edge vectors at each write layer, with the write point's frozen norm folded in per position
+        self.vectors: dict[tuple[int, int], torch.Tensor] = {}
+        for (src, out), v in layout.vectors.items():
+            v = v.to(device=dev, dtype=torch.float32)
+            norm = post[out]
+            if norm is not None:
+                if norm.kind == "layer":
+                    v = v - v.mean(1, keepdim=True)
+                pos = np.repeat(np.arange(len(layout.starts[src]) - 1), np.diff(layout.starts[src]))
+                scale = clean.post_mlp_scales[out, :, 0].to(dev, torch.float32)[torch.from_numpy(pos).to(dev)]
+                v = v * norm.gain.to(dev)[None, :] * scale[:, None]
+            self.vectors[src, out] = v.to(dt).contiguous()
+        self.tokens = layout.tokens.to(device=dev, dtype=dt).contiguous()
+        self.macs = 0
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _buffer(self, name: str, numel: int) -> torch.Tensor:
+        """A flat scratch buffer reused across batches (grown when a batch needs more)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(max(numel, 1), device=self.device, dtype=self.dtype)
+            self._buffers[name] = buf
+        return buf[:numel]
+
+    def run(self, batch: RowBatch, block: Callable[[int, int], torch.Tensor],
+            cancel: Callable[[], None] | None = None) -> None:
+        arch, tc, fb = self.arch, self.tc, self.fb
+        L, d = arch.n_layers, arch.d_model
+        R, Pb = int(batch.layers.shape[0]), int(batch.n_pos)
+        layers = np.asarray(batch.layers)
+        if R == 0:
+            return
+        assert np.all(np.diff(layers) <= 0), "rows must be ordered by layer, descending"
+        direct = self.dtype == torch.float32
+        n_at = {s: int(np.count_nonzero(layers > s)) for s in range(-1, L)}
+        # the output blocks, asked for once: (destination, scratch written by the products)
+        outs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for s in list(range(L)) + [-1]:
+            n = n_at[s]
+            if n == 0:
+                continue
+            dest = block(s, n)
+            same = direct and dest.device == self.device and dest.dtype == self.dtype and dest.is_contiguous()
+            work = dest if same else torch.zeros(dest.shape, device=self.device, dtype=self.dtype)
+            if same and tc.is_clt and s >= 0:
+                work.zero_()  # cross-layer sources add up over write layers
+            outs[s] = (dest, work)
+        G = self._buffer("state", R * Pb * d).view(R, Pb, d)
+        vectors = batch.vectors.to(device=self.device, dtype=self.dtype)
+        positions = torch.from_numpy(np.asarray(batch.positions, dtype=np.int64)).to(self.device)
+        top = int(layers[0])
+        n_logit = int(np.count_nonzero(layers == L))
+        if n_logit:
+            assert Pb == self.fb.final_scale.shape[0], "logit rows need every position"
+            G[:n_logit].zero_()
+            rows = torch.arange(n_logit, device=self.device)
+            p = positions[:n_logit]
+            G[rows, p] = arch.final_norm.backward(vectors[:n_logit], fb.final_scale[p])
+        for s in range(min(top, L - 1), -1, -1):
+            if cancel is not None:
+                cancel()
+            n = n_at[s]
+            if n:
+                self._edges(s, G, n, Pb, outs)
+                if self.skip[s] is not None:
+                    flat = G[:n].view(n * Pb, d)
+                    t = torch.mm(flat, self.skip[s], out=self._buffer("skip", n * Pb * d).view(n * Pb, d))
+                    G[:n].addcmul_(t.view(n, Pb, d), self.sigma[s, :Pb].view(1, Pb, 1))
+                    self.macs += n * Pb * d * d
+            n_new = n_at[s - 1] - n
+            if n_new:
+                new = slice(n, n + n_new)
+                p = positions[new]
+                scale = fb.mlp_scales[s, p] if fb.mlp_scales is not None else None
+                v = fb._read_backward(arch.layers[s].mlp_norm, vectors[new], scale)
+                G[new].zero_()
+                G[torch.arange(n, n + n_new, device=self.device), p] = v
+            self._attention(s, G, n, n_new, Pb, positions)
+        n = R
+        dest, work = outs[-1]
+        torch.bmm(self.tokens[:Pb, None, :], G[:n].permute(1, 2, 0), out=work.view(Pb, 1, n))
+        self.macs += n * Pb * d
+        for s, (dest, work) in outs.items():
+            if work is not dest:
+                dest.copy_(work)
+
+    def _edges(self, s: int, G: torch.Tensor, n: int, Pb: int, outs) -> None:
+        """Edge products at write layer s for the n started rows: every source written at s."""
+        starts = self.layout.starts
+        for src in (range(s + 1) if self.tc.is_clt else (s,)):
+            vec = self.vectors.get((src, s))
+            if vec is None or src not in outs:
+                continue
+            work = outs[src][1]
+            st = starts[src]
+            accumulate = self.tc.is_clt
+            for q in range(Pb):
+                c0, c1 = st[q], st[q + 1]
+                if c1 == c0:
+                    continue
+                gq = G[:n, q].T  # [d, n], a strided view
+                if accumulate:
+                    work[c0:c1, :n].addmm_(vec[c0:c1], gq)
+                else:
+                    torch.mm(vec[c0:c1], gq, out=work[c0:c1])
+            self.macs += (st[Pb]) * n * self.arch.d_model
+
+    def _attention(self, s: int, G: torch.Tensor, n: int, n_new: int, Pb: int, positions: torch.Tensor) -> None:
+        """G[:n] += attention^T of the started rows (all positions); rows [n, n + n_new) hold their
+        injected covector at their own position only, so their pattern step is an outer product."""
+        p = self.arch.layers[s]
+        pattern, w_o, w_v = self.attn[s]
+        H, Hkv, dh, d = p.n_heads, p.n_kv_heads, p.head_dim, self.arch.d_model
+        rep = H // Hkv
+        if n:
+            M = n * Pb
+            flat = G[:n].view(M, d)
+            x = torch.mm(w_o.T, flat.T, out=self._buffer("heads", H * dh * M).view(H * dh, M))  # [H dh, (row, q)]
+            y = torch.bmm(x.view(H, dh * n, Pb), pattern[:, :Pb, :Pb],
+                          out=self._buffer("mixed", H * dh * M).view(H, dh * n, Pb))
+            if rep > 1:
+                y = torch.sum(y.view(Hkv, rep, dh * M), 1, out=self._buffer("kv", Hkv * dh * M).view(Hkv, dh * M))
+            flat.addmm_(y.view(Hkv * dh, M).T, w_v)
+            self.macs += M * d * H * dh + H * dh * n * Pb * Pb + M * Hkv * dh * d
+        if n_new:
+            new = slice(n, n + n_new)
+            rows = torch.arange(n, n + n_new, device=self.device)
+            pos = positions[new]
+            g_mid = G[rows, pos]  # [n_new, d]: the injected covectors at their positions
+            x = g_mid @ w_o  # [n_new, H dh]
+            rowp = pattern[:, pos, :Pb].permute(1, 2, 0)  # [n_new, P', H]: each row's pattern row
+            y = torch.mul(x.view(n_new, 1, H, dh), rowp[..., None],
+                          out=self._buffer("outer", n_new * Pb * H * dh).view(n_new, Pb, H, dh))
+            if rep > 1:
+                y = y.view(n_new, Pb, Hkv, rep, dh).sum(3)
+            G[new].view(n_new * Pb, d).addmm_(y.reshape(n_new * Pb, Hkv * dh), w_v)
+            self.macs += n_new * (d * H * dh + Pb * H * dh + Pb * Hkv * dh * d)

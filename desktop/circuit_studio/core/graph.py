@@ -24,17 +24,25 @@ from pathlib import Path
 
 import numpy as np
 
+from .adjacency import Adjacency
 from .atomic_write import output_error, replace_all_or_none
 from .errors import GraphFileError
 
-GRAPH_FILE_VERSION = 1
+GRAPH_FILE_VERSION = 2  # 1: dense adjacency matrix; 2: its blocks (see write_graph_npz)
 
 
 class NodeKind(str, Enum):
+    """A node's kind, declared in the node order (see the module docstring)."""
+
     FEATURE = "feature"
     ERROR = "error"
     TOKEN = "token"
     LOGIT = "logit"
+
+    @property
+    def code(self) -> int:
+        """This kind in `AttributionGraph.node_kinds()`: its place in the node order (feature 0 .. logit 3)."""
+        return list(NodeKind).index(self)
 
 
 @dataclass(frozen=True)
@@ -48,11 +56,17 @@ class AttributionParams:
     update_interval: int = 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AttributionGraph:
     """A complete (unpruned) attribution graph; see the module docstring for the node order.
 
     Shapes: P = n_pos (BOS included), L = n_layers, K = n_logits, N = n_nodes.
+
+    The matrix is held as `adjacency` (`core.adjacency.Adjacency`: blocks whose size follows the
+    non-zeros, as attribution writes them, or a dense array). `adjacency_matrix` is the dense
+    [N, N] view, built on first use and kept: fine for small graphs, tests and the window, but the
+    big path (attribute -> prune -> export / .npz) never asks for it. Construct with either
+    `adjacency_matrix=` (a dense array, as before) or `adjacency=`.
     """
 
     prompt: str
@@ -64,7 +78,7 @@ class AttributionGraph:
     logit_token_ids: np.ndarray  # int64 [K]
     logit_probabilities: np.ndarray  # float32 [K] softmax probabilities, not renormalised
     logit_tokens: tuple[str, ...]  # [K] decoded target tokens
-    adjacency_matrix: np.ndarray  # float32 [N, N], [target, source]
+    adjacency: Adjacency  # A [N, N], [target, source]; `adjacency_matrix` is its dense view
     n_layers: int
     vocab_size: int
     params: AttributionParams = field(default_factory=AttributionParams)
@@ -72,10 +86,42 @@ class AttributionGraph:
     transcoder_name: str = ""
     provenance: dict = field(default_factory=dict)  # versions, device, dtype, seconds, time
 
-    def __post_init__(self) -> None:
+    def __init__(self, prompt: str, input_tokens: np.ndarray, token_strings: tuple[str, ...],
+                 active_features: np.ndarray, activation_values: np.ndarray, selected_features: np.ndarray,
+                 logit_token_ids: np.ndarray, logit_probabilities: np.ndarray, logit_tokens: tuple[str, ...],
+                 adjacency_matrix: np.ndarray | None = None, n_layers: int | None = None,
+                 vocab_size: int | None = None, params: AttributionParams | None = None, model_name: str = "",
+                 transcoder_name: str = "", provenance: dict | None = None, *,
+                 adjacency: Adjacency | None = None) -> None:
+        if n_layers is None or vocab_size is None:
+            raise TypeError("AttributionGraph needs n_layers and vocab_size")
+        if adjacency_matrix is not None:  # given explicitly (also by dataclasses.replace): it wins
+            adjacency = Adjacency.from_dense(adjacency_matrix)
+        if adjacency is None:
+            raise TypeError("AttributionGraph needs adjacency_matrix= or adjacency=")
+        values = dict(prompt=prompt, input_tokens=input_tokens, token_strings=token_strings,
+                      active_features=active_features, activation_values=activation_values,
+                      selected_features=selected_features, logit_token_ids=logit_token_ids,
+                      logit_probabilities=logit_probabilities, logit_tokens=logit_tokens, adjacency=adjacency,
+                      n_layers=n_layers, vocab_size=vocab_size,
+                      params=AttributionParams() if params is None else params, model_name=model_name,
+                      transcoder_name=transcoder_name, provenance={} if provenance is None else provenance)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
         n = self.n_nodes
-        if self.adjacency_matrix.shape != (n, n):
-            raise ValueError(f"adjacency_matrix has shape {self.adjacency_matrix.shape}, node order needs ({n}, {n})")
+        if adjacency.shape != (n, n):
+            raise ValueError(f"adjacency_matrix has shape {adjacency.shape}, node order needs ({n}, {n})")
+
+    @property
+    def adjacency_matrix(self) -> np.ndarray:
+        """float32 [N, N] dense A (built from the blocks on first use, then kept; read-only)."""
+        cached = self.__dict__.get("_dense_adjacency")
+        if cached is None:
+            cached = self.adjacency.dense()
+            if not self.adjacency.is_dense:
+                cached.flags.writeable = False
+                object.__setattr__(self, "_dense_adjacency", cached)
+        return cached
 
     # ---- counts and offsets (the node order, stated once) ----
     @property
@@ -120,12 +166,12 @@ class AttributionGraph:
         return NodeKind.LOGIT
 
     def node_kinds(self) -> np.ndarray:
-        """int8 [N]: 0 feature, 1 error, 2 token, 3 logit."""
+        """int8 [N]: each node's `NodeKind.code` (for array work; `kind_of` names one node's kind)."""
         k = np.empty(self.n_nodes, dtype=np.int8)
-        k[: self.error_offset] = 0
-        k[self.error_offset : self.token_offset] = 1
-        k[self.token_offset : self.logit_offset] = 2
-        k[self.logit_offset :] = 3
+        k[: self.error_offset] = NodeKind.FEATURE.code
+        k[self.error_offset : self.token_offset] = NodeKind.ERROR.code
+        k[self.token_offset : self.logit_offset] = NodeKind.TOKEN.code
+        k[self.logit_offset :] = NodeKind.LOGIT.code
         return k
 
     def node_layers(self) -> np.ndarray:
@@ -159,8 +205,12 @@ class AttributionGraph:
         return layer, pos, feat, float(self.activation_values[a])
 
 
-_ARRAYS = ("input_tokens", "active_features", "activation_values", "selected_features",
-           "logit_token_ids", "logit_probabilities", "adjacency_matrix")
+# the fields stored as arrays (in a graph file, a session); every other field is plain data for a header
+GRAPH_ARRAYS = ("input_tokens", "active_features", "activation_values", "selected_features",
+                "logit_token_ids", "logit_probabilities", "adjacency_matrix")
+# graphs up to this many nodes keep the dense `adjacency_matrix` key in their file (format 1, the layout
+# of circuit-tracer's reference files); bigger ones store the adjacency's blocks (format 2)
+DENSE_FILE_MAX_NODES = 4096
 
 
 def save_graph(graph: AttributionGraph, path: str | Path, extra: dict[str, np.ndarray] | None = None) -> None:
@@ -174,14 +224,27 @@ def save_graph(graph: AttributionGraph, path: str | Path, extra: dict[str, np.nd
 
 
 def write_graph_npz(graph: AttributionGraph, path: Path, extra: dict[str, np.ndarray] | None = None) -> None:
-    """The `.npz` of `graph` written straight into `path`; `save_graph` is the safe way to write one."""
+    """The `.npz` of `graph` written straight into `path`; `save_graph` is the safe way to write one.
+
+    Format 1 (graphs of up to `DENSE_FILE_MAX_NODES` nodes, and any graph held dense): the dense
+    `adjacency_matrix` [N, N]. Format 2: the adjacency's blocks instead, as `adjacency_block_shapes`
+    int64 [n_blocks, 2] (rows, columns of each block), `adjacency_block_rows` / `adjacency_block_cols`
+    int64 (each block's target rows and source columns, concatenated) and `adjacency_block_values`
+    float32 (each block's [columns, rows] values, C order, concatenated): entries outside the blocks are 0.
+    """
+    adj = graph.adjacency
+    dense = adj.is_dense or graph.n_nodes <= DENSE_FILE_MAX_NODES
     header = {
         "format": "circuit-studio-graph",
-        "version": GRAPH_FILE_VERSION,
-        **{f.name: getattr(graph, f.name) for f in fields(graph) if f.name not in _ARRAYS},
+        "version": 1 if dense else GRAPH_FILE_VERSION,
+        **{f.name: getattr(graph, f.name) for f in fields(graph) if f.name not in GRAPH_ARRAYS + ("adjacency",)},
     }
     header["params"] = asdict(graph.params)
-    arrays = {**(extra or {}), **{name: getattr(graph, name) for name in _ARRAYS}}
+    arrays = {**(extra or {}), **{name: getattr(graph, name) for name in GRAPH_ARRAYS if name != "adjacency_matrix"}}
+    if dense:
+        arrays["adjacency_matrix"] = graph.adjacency_matrix
+    else:
+        arrays.update(adj.file_arrays())
     with open(path, "wb") as fh:  # a file object: np.savez would add ".npz" to a name without it
         np.savez(fh, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
 
@@ -196,7 +259,15 @@ def load_graph(path: str | Path) -> AttributionGraph:
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(bytes(z["header"]).decode())
-            arrays = {name: z[name] for name in _ARRAYS}
+            arrays = {name: z[name] for name in GRAPH_ARRAYS if name != "adjacency_matrix"}
+            if "adjacency_matrix" in z.files:  # format 1: dense
+                arrays["adjacency_matrix"] = z["adjacency_matrix"]
+            else:  # format 2: blocks
+                n = (arrays["selected_features"].shape[0] + (int(header["n_layers"]) + 1) * arrays["input_tokens"].shape[0]
+                     + arrays["logit_token_ids"].shape[0])
+                arrays["adjacency"] = Adjacency.from_file_arrays(
+                    n, {k: z[k] for k in ("adjacency_block_shapes", "adjacency_block_rows", "adjacency_block_cols",
+                                          "adjacency_block_values")})
     except FileNotFoundError as e:
         raise GraphFileError(f"Graph file {path} does not exist.") from e
     except Exception as e:  # zip, json and key errors all mean the same thing to the user

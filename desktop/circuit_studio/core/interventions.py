@@ -184,3 +184,201 @@ def generate(bundle: ModelBundle, tc: TranscoderSet, prompt: str | list[int] | t
         past = out.past_key_values
         logits.append(out.logits[-1])
     return Generation(bundle.tokenizer.decode(chosen), tuple(chosen), torch.stack(logits[: len(chosen)]))
+
+
+# ---------------------------------------------------------------------------------------------
+# steering runs: what the window's intervention pane computes (core.steering holds its state)
+# ---------------------------------------------------------------------------------------------
+
+CHANGE_EPS = 1e-4  # relative activation changes smaller than this are left out of `activation_changes`
+TOP_TOKENS = 10  # next tokens kept per update (the bars show the first few, sessions keep them all)
+
+
+@dataclass(frozen=True)
+class TopToken:
+    """One next token of an update: its id, text and probability before and after the interventions."""
+
+    id: int
+    token: str
+    before: float
+    after: float
+
+
+@dataclass(frozen=True)
+class ContinuationText:
+    """A generated continuation as it reads after the prompt: the prompt's last tokens (`tail`, with
+    `ellipsis` when the prompt is longer) and each generated token's text as it appears in the decoded
+    string (`pieces`, spaces as the tokenizer puts them)."""
+
+    tail: str
+    ellipsis: bool
+    pieces: tuple[str, ...]
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class InterventionUpdate:
+    """One computed steering state. P positions, V vocabulary, L layers, F features.
+
+    `version` is the `core.steering.Steering.version` it was computed for. The first part (logits,
+    activation changes, top tokens) comes from `compute_update`; the continuation fields stay None
+    until `compute_continuation` fills them (`continuation_pending`)."""
+
+    version: int
+    interventions: tuple[Intervention, ...]
+    before: torch.Tensor  # [P, V] clean logits
+    after: torch.Tensor  # [P, V] logits with the interventions
+    activations: torch.Tensor | None  # [L, P, F] as `intervene` returns them (a set feature reads its own input)
+    changes: dict[int, float]  # feature node -> (after − before) / |before|, set values included; |change| > CHANGE_EPS
+    freeze_attention: bool
+    seconds: float  # wall time of the next-token computation
+    n_tokens: int = 0  # continuation length asked for
+    default: Generation | None = None  # continuation without interventions; None until computed (or 0 tokens)
+    steered: Generation | None = None
+    continuation_seconds: float | None = None
+    top: tuple[TopToken, ...] = ()  # by the larger of the two probabilities, highest first
+    top_before: tuple[TopToken, ...] = ()  # by the probability before
+    top_after: tuple[TopToken, ...] = ()  # by the probability after
+    default_text: ContinuationText | None = None
+    steered_text: ContinuationText | None = None
+
+    @property
+    def continuation_pending(self) -> bool:
+        return self.n_tokens > 0 and self.steered is None
+
+    def probabilities(self):
+        """Next-token probabilities (float64 numpy [V]) before and after, at the last position. Computed once."""
+        probs = self.__dict__.get("_probabilities")
+        if probs is None:
+            probs = (torch.softmax(self.before[-1].double(), -1).numpy(),
+                     torch.softmax(self.after[-1].double(), -1).numpy())
+            object.__setattr__(self, "_probabilities", probs)  # a memo, not state: frozen otherwise
+        return probs
+
+
+class SteeringRun:
+    """Per graph and loaded model: the prompt's ids, the clean run and the default continuations, computed
+    on first use (on the compute thread) and reused by every later update of the same graph."""
+
+    def __init__(self, bundle: ModelBundle, tc: TranscoderSet, graph) -> None:
+        import numpy as np
+
+        self.bundle, self.tc, self.graph = bundle, tc, graph
+        self.ids = torch.tensor(np.asarray(graph.input_tokens, dtype=np.int64))
+        self.clean: CleanRun | None = None
+        self.defaults: dict[int, Generation] = {}
+
+    def matches(self, bundle, tc, graph) -> bool:
+        return self.bundle is bundle and self.tc is tc and self.graph is graph
+
+    def clean_run(self) -> CleanRun:
+        if self.clean is None:
+            self.clean = record_clean_run(self.bundle, self.ids, self.tc)
+        return self.clean
+
+    def default(self, n_tokens: int) -> Generation:
+        if n_tokens not in self.defaults:
+            self.defaults[n_tokens] = generate(self.bundle, self.tc, self.ids, [], n_tokens)
+        return self.defaults[n_tokens]
+
+
+def activation_changes(graph, activations: torch.Tensor,
+                       interventions: list[Intervention] | tuple[Intervention, ...]) -> dict[int, float]:
+    """Feature node -> relative activation change, (after − before) / |before|, where before is the graph's
+    `activation_values` and after is `activations` [L, P, F] with each intervention's set value written in
+    (`intervene` reports a set feature's activation before it is set). Changes under CHANGE_EPS are left out."""
+    import numpy as np
+
+    acts = activations.detach().float().cpu().clone()
+    for iv in interventions:
+        acts[iv.layer, iv.position, iv.feature] = float(iv.value)
+    sel = graph.active_features[graph.selected_features]
+    after = acts[torch.from_numpy(sel[:, 0].copy()), torch.from_numpy(sel[:, 1].copy()),
+                 torch.from_numpy(sel[:, 2].copy())].numpy().astype(np.float64)
+    before = graph.activation_values[graph.selected_features].astype(np.float64)
+    ratio = (after - before) / np.maximum(np.abs(before), 1e-6)
+    keep = np.flatnonzero(np.abs(ratio) > CHANGE_EPS)
+    return dict(zip(keep.tolist(), ratio[keep].tolist()))
+
+
+def _top_tokens(bundle: ModelBundle, before, after, order) -> tuple[TopToken, ...]:
+    decode = bundle.tokenizer.decode
+    return tuple(TopToken(int(i), decode([int(i)]), float(before[i]), float(after[i])) for i in order)
+
+
+def compute_update(run: SteeringRun, interventions: tuple[Intervention, ...], freeze: bool, n_tokens: int,
+                   version: int) -> InterventionUpdate:
+    """An update's first part: next-token logits, activation changes and the top tokens (decoded)."""
+    import time
+
+    import numpy as np
+
+    t0 = time.perf_counter()
+    clean = run.clean_run()
+    ivs = list(interventions)
+    result = intervene(run.bundle, run.tc, run.ids, ivs, freeze_attention=freeze, clean=clean)
+    changes = activation_changes(run.graph, result.activations, ivs) if ivs else {}
+    update = InterventionUpdate(version, tuple(interventions), clean.logits, result.logits, result.activations,
+                                changes, freeze, time.perf_counter() - t0, n_tokens)
+    before, after = update.probabilities()
+    k = TOP_TOKENS
+    top = np.argsort(-np.maximum(before, after), kind="stable")[:k]
+    object.__setattr__(update, "top", _top_tokens(run.bundle, before, after, top))
+    object.__setattr__(update, "top_before", _top_tokens(run.bundle, before, after, np.argsort(-before)[:k]))
+    object.__setattr__(update, "top_after", _top_tokens(run.bundle, before, after, np.argsort(-after)[:k]))
+    return update
+
+
+def continuation_text(bundle: ModelBundle, graph, gen: Generation | None, tail_tokens: int = 6) \
+        -> ContinuationText | None:
+    """How `gen` reads after the graph's prompt (see `ContinuationText`)."""
+    if gen is None:
+        return None
+    prompt = [int(i) for i in graph.input_tokens[1:]]
+    decode = bundle.tokenizer.decode
+    ids = [int(t) for t in gen.token_ids]
+    pieces, prev = [], decode(prompt)
+    for k in range(1, len(ids) + 1):
+        text = decode(prompt + ids[:k])
+        pieces.append(text[len(prev):] if text.startswith(prev) else decode([ids[k - 1]]))
+        prev = text
+    return ContinuationText(decode(prompt[-tail_tokens:]), len(prompt) > tail_tokens, tuple(pieces), tuple(ids))
+
+
+def compute_continuation(run: SteeringRun, update: InterventionUpdate) -> InterventionUpdate:
+    """An update's second part: the default and the steered continuation (greedy, `update.n_tokens` long)."""
+    import time
+    from dataclasses import replace
+
+    t0 = time.perf_counter()
+    default = run.default(update.n_tokens)
+    ivs = list(update.interventions)
+    steered = generate(run.bundle, run.tc, run.ids, ivs, update.n_tokens,
+                       freeze_attention=update.freeze_attention) if ivs else default
+    seconds = time.perf_counter() - t0
+    out = replace(update, default=default, steered=steered, continuation_seconds=seconds,
+                  default_text=continuation_text(run.bundle, run.graph, default),
+                  steered_text=continuation_text(run.bundle, run.graph, steered))
+    if "_probabilities" in update.__dict__:
+        object.__setattr__(out, "_probabilities", update.__dict__["_probabilities"])
+    return out
+
+
+def sweep_probabilities(run: SteeringRun, build, values: list[float], token_id: int, freeze: bool,
+                        progress=None, cancel=None, phase: str = "Strength sweep") -> list[float]:
+    """The probability of `token_id` at the last position for `build(v)`'s interventions, for each v."""
+    from .progress import check, report
+
+    clean = run.clean_run()
+    out = []
+    for i, v in enumerate(values):
+        check(cancel)
+        report(progress, phase, i, len(values))
+        r = intervene(run.bundle, run.tc, run.ids, build(v), freeze_attention=freeze, clean=clean,
+                      return_activations=False)
+        out.append(float(torch.softmax(r.logits[-1].double(), -1)[token_id]))
+    return out
+
+
+def vocabulary_size(bundle: ModelBundle) -> int:
+    return int(bundle.arch.unembed.shape[0])

@@ -432,3 +432,8 @@ def _starts_with_chat_header(tok, ids: list[int]) -> bool:
 def decode_tokens(bundle: ModelBundle, ids: torch.Tensor | list[int]) -> tuple[str, ...]:
     ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
     return tuple(bundle.tokenizer.decode([i]) for i in ids)
+
+
+def device_name() -> str:
+    """What the window's status bar calls the compute device: the first CUDA device's name, or "CPU"."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"

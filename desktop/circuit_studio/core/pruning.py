@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import CircuitStudioError
-from .graph import AttributionGraph
+from .graph import AttributionGraph, NodeKind
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -89,6 +89,14 @@ class PruneResult:
     def kept_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """(targets, sources) int64 [E] of kept edges between kept nodes, row-major (target, source)."""
         return self.edge_targets, self.edge_sources
+
+    def file_arrays(self, dense: bool) -> dict[str, np.ndarray]:
+        """What a graph file stores of this pruning: `node_mask` and the dense `edge_mask` [N, N] (as
+        circuit-tracer's reference files), or, for a big graph (`dense=False`), the kept edges as
+        `edge_targets` / `edge_sources` int64 [E] instead of the mask."""
+        if dense:
+            return {"node_mask": self.node_mask, "edge_mask": self.edge_mask}
+        return {"node_mask": self.node_mask, "edge_targets": self.edge_targets, "edge_sources": self.edge_sources}
 
 
 # ---- the reference's building blocks ----
@@ -259,8 +267,164 @@ class _EdgeState:
     sorted_desc: np.ndarray  # float32 [nnz] non-zero scores, descending
     cumulative: np.ndarray  # float32 [nnz]
 
+    def cut(self, n_total: int, fraction: float) -> np.float32:
+        return _cut(self.sorted_desc, self.cumulative, n_total, fraction)
+
+    def at_least(self, cut: float) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, sources) in submatrix coordinates of the scores >= cut (ties included)."""
+        k = int(np.searchsorted(-self.sorted_desc, -cut, side="right"))
+        return self.targets[:k], self.sources[:k]
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.targets, self.sources, self.sorted_desc
+
 
 SPARSE_FRACTION = 0.02  # below this share of non-zero entries, edge scores are computed on a list
+# Graphs held in blocks with more nodes than this are pruned on their blocks (`_BlockedMatrix`); smaller
+# ones, and graphs held dense, on the dense matrix (numbers bit for bit as before).
+DENSE_PRUNE_MAX_NODES = 4096
+
+
+class _BlockEdgeState:
+    """Edge scores for one node mask from the blocks: every non-zero score packed with its entry id into
+    one uint64 (score bits high, so the keys sort like the scores), ascending; the cumulative curve in
+    descending order; and what it takes to turn an entry id back into (target, source)."""
+
+    def __init__(self, node_cut: float, kept: np.ndarray, keys: np.ndarray, cumulative: np.ndarray,
+                 starts: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.node_cut, self.kept, self.keys, self.cumulative = node_cut, kept, keys, cumulative
+        self._starts, self._parts = starts, parts  # entry-id offset of each part; its (rows, cols) in kept coords
+
+    @property
+    def size(self) -> int:
+        return int(self.keys.size)
+
+    def _desc(self, i: int) -> np.float32:
+        return np.uint32(self.keys[self.keys.size - 1 - i] >> np.uint64(32)).view(np.float32)
+
+    def cut(self, n_total: int, fraction: float) -> np.float32:
+        n = self.size
+        i = int(np.searchsorted(self.cumulative, np.float32(fraction), side="left"))
+        if i < n:
+            return np.float32(self._desc(i))
+        return np.float32(0) if n_total > n or n == 0 else np.float32(self._desc(n - 1))
+
+    def _decode(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        part = np.searchsorted(self._starts, ids, side="right") - 1
+        t = np.empty(ids.size, dtype=np.int64)
+        s = np.empty(ids.size, dtype=np.int64)
+        for k in np.unique(part).tolist():
+            sel = part == k
+            rows, cols = self._parts[k]
+            c, r = np.divmod(ids[sel] - self._starts[k], rows.size)
+            t[sel], s[sel] = rows[r], cols[c]
+        return t, s
+
+    def at_least(self, cut: float) -> tuple[np.ndarray, np.ndarray]:
+        threshold = np.uint64(np.float32(cut).view(np.uint32)) << np.uint64(32)
+        first = int(np.searchsorted(self.keys, threshold, side="left"))
+        return self._decode(self.keys[first:][::-1])
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t, s = self._decode(self.keys)
+        return t, s, (self.keys >> np.uint64(32)).astype(np.uint32).view(np.float32)
+
+
+class _BlockedMatrix:
+    """Influence and edge scores computed block by block (`core.adjacency`), never forming N x N.
+
+    Blocks are visited by the highest layer among their sources, deepest first: a block's targets all
+    sit in higher layers, so their influence is final by then (the layered pass of `_layered_influence`)."""
+
+    def __init__(self, graph: AttributionGraph, order: list) -> None:
+        self.graph, self.order = graph, order  # [(source layer, Block)], deepest first
+
+    @classmethod
+    def of(cls, graph: AttributionGraph) -> "_BlockedMatrix | None":
+        """None when some block breaks the layer order (the dense path then applies)."""
+        layers = graph.node_layers()
+        order = []
+        for b in graph.adjacency.blocks:
+            if b.rows.size == 0 or b.cols.size == 0:
+                continue
+            top = int(layers[b.cols].max())
+            if top >= int(layers[b.rows].min()):
+                return None
+            order.append((top, b))
+        order.sort(key=lambda x: -x[0])
+        return cls(graph, order)
+
+    def influence(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(node influence [N], Σ over error columns of Â per row [N]), both float32."""
+        g = self.graph
+        sums = np.maximum(g.adjacency.abs_row_sums(), _ROW_SUM_FLOOR)
+        influence = np.zeros(g.n_nodes, dtype=np.float32)
+        error_share = np.zeros(g.n_nodes, dtype=np.float32)
+        for _, b in self.order:
+            a = np.abs(b.values)
+            influence[b.cols] += a @ ((weights[b.rows] + influence[b.rows]) / sums[b.rows])
+            err = (b.cols >= g.error_offset) & (b.cols < g.token_offset)
+            if err.any():
+                error_share[b.rows] += a[err].sum(axis=0, dtype=np.float32) / sums[b.rows]
+        return influence, error_share
+
+    def edge_state(self, kept: np.ndarray, weights: np.ndarray, node_cut: float) -> _BlockEdgeState:
+        g = self.graph
+        index = np.full(g.n_nodes, -1, dtype=np.int64)
+        index[kept] = np.arange(kept.size)
+        parts = []
+        sums = np.zeros(kept.size, dtype=np.float64)
+        for _, b in self.order:  # |A| restricted to the kept nodes, block by block
+            ri = index[b.rows]
+            rs = np.flatnonzero(ri >= 0)
+            ci = index[b.cols]
+            cs = np.flatnonzero(ci >= 0)
+            if rs.size == 0 or cs.size == 0:
+                continue
+            v = np.abs(b.values[np.ix_(cs, rs)])
+            sums[ri[rs]] += v.sum(axis=0, dtype=np.float64)
+            parts.append((ri[rs], ci[cs], v))
+        sums = np.maximum(sums.astype(np.float32), _ROW_SUM_FLOOR)
+        w = weights[kept]
+        influence = np.zeros(kept.size, dtype=np.float32)
+        for rows, cols, v in parts:  # still deepest first
+            v /= sums[rows][None, :]
+            influence[cols] += v @ (w[rows] + influence[rows])
+        starts, keys, offset = [], [], 0
+        for rows, cols, v in parts:
+            v *= (influence[rows] + w[rows])[None, :]
+            flat = np.flatnonzero(v > 0)
+            keys.append((v.ravel()[flat].view(np.uint32).astype(np.uint64) << np.uint64(32))
+                        | (flat + offset).astype(np.uint64))
+            starts.append(offset)
+            offset += v.size
+        if offset >= 1 << 32:
+            raise MemoryError("too many edge scores for one pruning (more than 2**32 entries)")
+        meta = [(rows, cols) for rows, cols, _ in parts]
+        del parts
+        keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+        keys.sort()
+        cumulative = _cumulative_of_keys(keys)
+        return _BlockEdgeState(node_cut, kept, keys, cumulative, np.asarray(starts, dtype=np.int64), meta)
+
+
+def _cumulative_of_keys(keys: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """`_cumulative` of the scores in `keys` (ascending) taken in descending order, a chunk at a time
+    (the same sequential float64 sums, without a float64 array of them all)."""
+    n = keys.size
+    out = np.empty(n, dtype=np.float32)
+    desc = keys[::-1]
+    carry = np.zeros(1, dtype=np.float64)
+    for i in range(0, n, chunk):
+        part = (desc[i: i + chunk] >> np.uint64(32)).astype(np.uint32).view(np.float32)
+        c = np.cumsum(np.concatenate([carry, part.astype(np.float64)]))[1:]
+        carry[0] = c[-1]
+        out[i: i + part.size] = c
+    total = np.float32(carry[0])
+    with np.errstate(invalid="ignore", divide="ignore"):  # all-zero scores: NaN, as in torch
+        out /= total
+    return out
 
 
 class Pruner:
@@ -274,12 +438,20 @@ class Pruner:
     def __init__(self, graph: AttributionGraph) -> None:
         self.graph = graph
         self._weights = graph.logit_weights()  # float32 [N]
-        self._blocks = _layer_blocks(graph)
-        a_norm = normalize_matrix(graph.adjacency_matrix)  # float32 [N, N], dropped after __init__
-        influence = self._influence(a_norm, self._weights, graph)
-        # Σ over error columns of Â, per row: completeness needs it and it is all it needs of Â.
-        self._error_share = a_norm[:, graph.error_offset:graph.token_offset].sum(axis=1, dtype=np.float32)
-        del a_norm
+        self._entries = None
+        # A big graph held in blocks (as attribution writes it) is pruned on its blocks: no N x N matrix.
+        self._blocked = (_BlockedMatrix.of(graph) if not graph.adjacency.is_dense
+                         and graph.n_nodes > DENSE_PRUNE_MAX_NODES else None)
+        if self._blocked is not None:
+            self._blocks = None
+            influence, self._error_share = self._blocked.influence(self._weights)
+        else:
+            self._blocks = _layer_blocks(graph)
+            a_norm = normalize_matrix(graph.adjacency_matrix)  # float32 [N, N], dropped after __init__
+            influence = self._influence(a_norm, self._weights, graph)
+            # Σ over error columns of Â, per row: completeness needs it and it is all it needs of Â.
+            self._error_share = a_norm[:, graph.error_offset:graph.token_offset].sum(axis=1, dtype=np.float32)
+            del a_norm
         order = np.argsort(-influence, kind="stable")  # ties in index order, as torch's CPU sort leaves them
         cumulative = np.empty_like(influence)
         cumulative[order] = _cumulative(influence[order])
@@ -292,7 +464,6 @@ class Pruner:
         self._lock = threading.Lock()
         # A sparse graph keeps its non-zero entries as a list: the edge scores of a node cut then cost
         # O(non-zeros) instead of O(K²). Real attribution graphs are dense-ish and take the matrix path.
-        self._entries = None
         if self._blocks is not None:
             # counting first: listing the non-zeros of a dense 10k-node matrix costs a third of a second
             if np.count_nonzero(graph.adjacency_matrix) < SPARSE_FRACTION * graph.n_nodes ** 2:
@@ -324,6 +495,10 @@ class Pruner:
             state = self._edge_state
             if state is None or state.node_cut != node_cut:
                 kept = np.flatnonzero(node_mask)
+                if self._blocked is not None:
+                    state = self._blocked.edge_state(kept, self._weights, node_cut)
+                    self._edge_state = state
+                    return state
                 if self._entries is not None:
                     t, s, values = self._sparse_scores(kept)
                 else:
@@ -379,13 +554,13 @@ class Pruner:
         n = g.n_nodes
         node_mask, node_cut = self.node_mask_before_cleanup(node_threshold)
         state = self._edges_for(node_mask, node_cut)
-        edge_cut = _cut(state.sorted_desc, state.cumulative, n * n, edge_threshold)
+        edge_cut = state.cut(n * n, edge_threshold)
         kept = state.kept
         if edge_cut > 0:
             # Edges touching dropped nodes score 0, so everything happens inside the submatrix;
             # the kept edges are the prefix of the sorted list down to the cut (ties included).
-            k = int(np.searchsorted(-state.sorted_desc, -edge_cut, side="right"))
-            sub_nodes, t, s = _clean_up_edges(state.targets[:k], state.sources[:k], kept.size,
+            t, s = state.at_least(edge_cut)
+            sub_nodes, t, s = _clean_up_edges(t, s, kept.size,
                                               int(np.searchsorted(kept, g.error_offset)),
                                               int(np.searchsorted(kept, g.token_offset)))
             node_mask = np.zeros(n, dtype=bool)
@@ -413,7 +588,8 @@ class Pruner:
         node_mask, node_cut = self.node_mask_before_cleanup(node_threshold)
         state = self._edges_for(node_mask, node_cut)
         out = np.zeros((self.graph.n_nodes,) * 2, dtype=np.float32)
-        out[state.kept[state.targets], state.kept[state.sources]] = state.sorted_desc
+        t, s, v = state.scores()
+        out[state.kept[t], state.kept[s]] = v
         return out
 
     def graph_scores(self) -> tuple[float, float]:
@@ -445,24 +621,23 @@ def to_networkx(graph: AttributionGraph, result: PruneResult) -> nx.DiGraph:
     """Kept nodes (keyed by node index; frontend ids can collide) and kept edges source → target."""
     import networkx as nx
 
-    kinds, layers, positions = graph.node_kinds(), graph.node_layers(), graph.node_positions()
-    kind_names = ("feature", "error", "token", "logit")
+    layers, positions = graph.node_layers(), graph.node_positions()
     out = nx.DiGraph()
     for node in np.flatnonzero(result.node_mask).tolist():
-        kind = int(kinds[node])
-        attrs = {"kind": kind_names[kind], "layer": int(layers[node]), "pos": int(positions[node]),
+        kind = graph.kind_of(node)
+        attrs = {"kind": kind.value, "layer": int(layers[node]), "pos": int(positions[node]),
                  "influence": float(result.node_influence[node]),
                  "cumulative_influence": float(result.cumulative_scores[node])}
-        if kind == 0:
+        if kind is NodeKind.FEATURE:
             _, _, attrs["feature"], attrs["activation"] = graph.feature_of(node)
-        elif kind == 2:
+        elif kind is NodeKind.TOKEN:
             attrs["token"] = graph.token_strings[positions[node]]
-        elif kind == 3:
+        elif kind is NodeKind.LOGIT:
             k = node - graph.logit_offset
             attrs["token"] = graph.logit_tokens[k]
             attrs["probability"] = float(graph.logit_probabilities[k])
         out.add_node(node, **attrs)
     targets, sources = result.kept_edges()
-    weights = graph.adjacency_matrix[targets, sources]
+    weights = graph.adjacency.values_at(targets, sources)
     out.add_weighted_edges_from(zip(sources.tolist(), targets.tolist(), weights.tolist()))
     return out

@@ -8,13 +8,19 @@ content hash, summary).
 
 What a session holds:
 
-* `model`, `transcoders`: where they were (`path`), what they were (`content_hash`, see
-  `content_hash`) and a JSON summary for display;
-* `graphs`: one `GraphRecord` per traced graph: the graph itself, when it was traced, and the
-  analysis state of that graph (thresholds, selected node, pins in order, supernodes, canvas view,
-  interventions with their results, a title and notes);
-* `labels`: the user's feature labels, keyed by (layer, transcoder feature), so that one label names
-  the same feature in every graph of the session;
+* `model`, `transcoders`, `feature_index`: what is loaded now: where it was (`path`), what it was
+  (`content_hash`, see `content_hash`) and a JSON summary for display. A graph traced next is bound
+  to them (`Session.from_analysis`);
+* `graphs`: one `GraphRecord` per traced graph: the graph itself, when it was traced, the model,
+  transcoder set and feature index it was traced with (which may differ from graph to graph and
+  from the session's current ones; None when unknown), and the analysis state of that graph
+  (thresholds, selected node, pins in order, supernodes, canvas view, interventions with their
+  results, a title and notes);
+* `labels`: the user's feature labels, keyed by (transcoder identity, layer, feature): one label names
+  the same feature in every graph of one transcoder set, and is never shown on a graph of another set
+  (`transcoder_identity`: the set's content hash). `Session.graph_labels(graph_id)` gives a graph's
+  labels keyed by (layer, feature); the constructor also takes (layer, feature) keys, meaning the
+  session's `transcoders`;
 * `notes`, `current_graph` (a graph id), `window_state` (an opaque blob from the UI, e.g. Qt's
   `saveState()`), `settings` (JSON).
 
@@ -167,6 +173,16 @@ class TranscoderRef(FolderRef):
     """The transcoder folder (or file) of a session."""
 
 
+class FeatureIndexRef(FolderRef):
+    """The feature index file (examples, histograms, auto-labels) of a session or graph."""
+
+
+def transcoder_identity(ref: TranscoderRef | None) -> str:
+    """What labels are keyed by: the transcoder set's content hash, so that a moved or copied set keeps
+    its labels and a retrained one does not inherit them; "" for an unknown set."""
+    return "" if ref is None else ref.content_hash
+
+
 # ---------------------------------------------------------------------------------------------
 # per-graph records
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +252,8 @@ class GraphRecord:
     """One traced graph of the session and the analysis state it was left in.
 
     `id` is stable within the session (other records refer to it); `title` and `notes` are the
-    user's (an empty title shows the prompt).
+    user's (an empty title shows the prompt). `model`, `transcoders` and `feature_index` are what the
+    graph was traced (and labelled) with; None when unknown.
     """
 
     id: int
@@ -251,6 +268,9 @@ class GraphRecord:
     interventions: tuple[InterventionRecord, ...] = ()
     title: str = ""
     notes: str = ""
+    model: ModelRef | None = None
+    transcoders: TranscoderRef | None = None
+    feature_index: FeatureIndexRef | None = None
 
     def __post_init__(self) -> None:
         n = self.graph.n_nodes
@@ -277,13 +297,15 @@ class GraphRecord:
     @classmethod
     def from_analysis(cls, analysis: Analysis, *, id: int, created: datetime | None = None,
                       view: CanvasView | None = None, interventions: Sequence[InterventionRecord] = (),
-                      title: str = "", notes: str = "") -> GraphRecord:
-        """Capture `analysis`'s per-graph state (labels are session-wide: see `Session.from_analysis`)."""
+                      title: str = "", notes: str = "", model: ModelRef | None = None,
+                      transcoders: TranscoderRef | None = None,
+                      feature_index: FeatureIndexRef | None = None) -> GraphRecord:
+        """Capture `analysis`'s per-graph state (labels belong to the transcoder set: see `Session.from_analysis`)."""
         return cls(id=id, graph=analysis.graph, created=created or utc_now(),
                    node_threshold=analysis.node_threshold, edge_threshold=analysis.edge_threshold,
                    selected=analysis.selected, pinned=tuple(analysis.pinned),
                    supernodes=tuple(analysis.supernodes), view=view, interventions=tuple(interventions),
-                   title=title, notes=notes)
+                   title=title, notes=notes, model=model, transcoders=transcoders, feature_index=feature_index)
 
     def apply_to(self, analysis: Analysis) -> None:
         """Put this record's thresholds, pins, supernodes and selection into `analysis` (of the same graph).
@@ -301,6 +323,11 @@ class GraphRecord:
     @property
     def display_title(self) -> str:
         return self.title or self.graph.prompt
+
+    @property
+    def label_scope(self) -> str:
+        """The identity of this graph's transcoder set, which its labels are keyed by."""
+        return transcoder_identity(self.transcoders)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, GraphRecord):
@@ -322,16 +349,20 @@ class Session:
     model: ModelRef | None = None
     transcoders: TranscoderRef | None = None
     graphs: tuple[GraphRecord, ...] = ()
-    labels: dict[tuple[int, int], str] = field(default_factory=dict)
+    labels: dict[tuple[str, int, int], str] = field(default_factory=dict)  # (transcoder identity, layer, feature)
     notes: str = ""
     current_graph: int | None = None
     window_state: bytes | None = None
     settings: dict = field(default_factory=dict)
     created: datetime = field(default_factory=utc_now)
+    feature_index: FeatureIndexRef | None = None
 
     def __post_init__(self) -> None:
-        _normalise(self, graphs=tuple(self.graphs),
-                   labels={(int(k[0]), int(k[1])): str(v) for k, v in self.labels.items()},
+        own = transcoder_identity(self.transcoders)
+        labels = {(str(k[0]), int(k[1]), int(k[2])) if len(k) == 3 else (own, int(k[0]), int(k[1])): str(v)
+                  for k, v in self.labels.items()}
+        # one canonical order (by set, then as given), so that equal sessions list their labels alike
+        _normalise(self, graphs=tuple(self.graphs), labels=dict(sorted(labels.items(), key=lambda kv: kv[0][0])),
                    window_state=None if self.window_state is None else bytes(self.window_state))
         _check_json(self.settings, "Session.settings")
         ids = [g.id for g in self.graphs]
@@ -351,6 +382,19 @@ class Session:
 
     def next_graph_id(self) -> int:
         return max((g.id for g in self.graphs), default=0) + 1
+
+    def labels_in(self, scope: str) -> dict[tuple[int, int], str]:
+        """The labels of one transcoder set (see `transcoder_identity`), keyed by (layer, feature)."""
+        return {(layer, feature): text for (s, layer, feature), text in self.labels.items() if s == scope}
+
+    def graph_labels(self, graph_id: int) -> dict[tuple[int, int], str]:
+        """The labels shown on graph `graph_id`: those of the transcoder set it was traced with."""
+        return self.labels_in(self.graph(graph_id).label_scope)
+
+    def with_labels(self, scope: str, labels: Mapping[tuple[int, int], str]) -> Session:
+        """Replace the labels of transcoder set `scope` (the other sets' labels stay)."""
+        others = {k: v for k, v in self.labels.items() if k[0] != scope}
+        return replace(self, labels={**others, **{(scope, int(l), int(f)): v for (l, f), v in labels.items()}})
 
     # ---- updates (each returns a new Session) ----
     def with_graph(self, record: GraphRecord, *, make_current: bool = True) -> Session:
@@ -387,10 +431,11 @@ class Session:
 
         The analysis's graph becomes the record `graph_id`, or the record already holding the same
         graph object (as `Session.analysis` builds them), or a new record; its created time,
-        interventions, title and notes are kept, `view` too unless given (None clears it).
-        `analysis.labels` is taken as the complete session-wide label set (the controller seeds each
-        new Analysis with the session's labels). `changes` sets other fields (model, transcoders,
-        notes, window_state, settings...).
+        interventions, title, notes and bindings are kept, `view` too unless given (None clears it). A
+        new record is bound to the session's model, transcoders and feature index (as set by `changes`):
+        the graph was just traced with them. `analysis.labels` is taken as the complete label set of the
+        record's transcoder set (the controller seeds each new Analysis with the session's labels).
+        `changes` sets other fields (model, transcoders, notes, window_state, settings...).
         """
         session = previous or cls()
         if analysis is not None:
@@ -399,24 +444,27 @@ class Session:
                 if (graph_id is not None and g.id == graph_id) or (graph_id is None and g.graph is analysis.graph):
                     old = g
             rid = graph_id if graph_id is not None else (old.id if old else session.next_graph_id())
+            bindings = {name: getattr(old, name) if old else changes.get(name, getattr(session, name))
+                        for name in ("model", "transcoders", "feature_index")}
             record = GraphRecord.from_analysis(
                 analysis, id=rid, created=old.created if old else None,
                 view=(old.view if old else None) if view is ... else view,
                 interventions=old.interventions if old else (),
-                title=old.title if old else "", notes=old.notes if old else "")
-            session = replace(session.with_graph(record), labels=dict(analysis.labels))
+                title=old.title if old else "", notes=old.notes if old else "", **bindings)
+            session = session.with_graph(record).with_labels(record.label_scope, analysis.labels)
         return replace(session, **changes) if changes else session
 
     def analysis(self, graph_id: int | None = None, *,
                  auto_label: Callable[[int, int], str] | None = None) -> Analysis:
         """A new Analysis of graph `graph_id` (default: the current one) in the state it was saved in,
-        with the session's labels."""
+        with the labels of its transcoder set."""
         gid = self.current_graph if graph_id is None else graph_id
         if gid is None:
             raise KeyError("this session has no current graph")
         record = self.graph(gid)
         analysis = Analysis(record.graph, node_threshold=record.node_threshold,
-                            edge_threshold=record.edge_threshold, labels=self.labels, auto_label=auto_label)
+                            edge_threshold=record.edge_threshold, labels=self.labels_in(record.label_scope),
+                            auto_label=auto_label)
         record.apply_to(analysis)
         return analysis
 

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QBuffer, QIODevice, QSettings, Qt
+from PySide6.QtCore import QBuffer, QEvent, QIODevice, QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from ..core.errors import CircuitStudioError
 from ..core.progress import Progress
+from ..core.session import CanvasView
+from ..core.workspace import PromptChanged, SessionReplaced
+from .canvas.view import GraphCanvas
 from .controller import Controller
 from .feature_pane import FeaturePane
-from .graph_canvas import GraphCanvas
 from .intervention_pane import InterventionPane
+from .intervention_rows import ElidedLabel
 from .jobs import JobError
 from .model_dialog import ModelDialog
 from .node_connections import NodeConnectionsPane
 from .session_manager import SessionManager
+from .settings import string_list
 from .subgraph_pane import SubgraphPane
 
 MAX_RECENT = 8
@@ -36,6 +42,8 @@ class PromptBar(QWidget):
         self.prompt.setInsertPolicy(QComboBox.NoInsert)
         self.prompt.lineEdit().setPlaceholderText("Type a prompt to trace, or pick one of the demo's")
         self.prompt.lineEdit().returnPressed.connect(self.trace)
+        self.prompt.editTextChanged.connect(controller.workspace.set_prompt)  # the workspace keeps the text
+        controller.workspace.events.connect(self._prompt_changed, PromptChanged)
         self.trace_button = QPushButton("Trace")
         self.trace_button.setDefault(True)
         self.trace_button.clicked.connect(self.trace)
@@ -72,6 +80,10 @@ class PromptBar(QWidget):
                                     Qt.ToolTipRole)
         self.prompt.setEditText(text or (self.controller.curated[0].prompt if self.controller.curated else ""))
 
+    def _prompt_changed(self, event: PromptChanged) -> None:
+        if self.prompt.currentText() != event.text:
+            self.prompt.setEditText(event.text)
+
     def trace(self) -> None:
         self.controller.trace(self.prompt.currentText())
 
@@ -100,11 +112,18 @@ class MainWindow(QMainWindow):
         self.resize(1500, 900)
         self.prompt_bar = PromptBar(self.controller)
         self.canvas = GraphCanvas(self.controller)
+        # what the graph on screen was traced with, and whether that is loaded: one line whatever it says, so
+        # that the canvas keeps its size
+        self.provenance = ElidedLabel("")
+        self.provenance.setContentsMargins(8, 2, 8, 2)
+        self.provenance.setFixedHeight(self.provenance.fontMetrics().height() + 9)
+        self.provenance.hide()
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addWidget(self.prompt_bar)
+        layout.addWidget(self.provenance)
         layout.addWidget(self.canvas, 1)
         self.setCentralWidget(central)
         self.connections = NodeConnectionsPane(self.controller)
@@ -123,6 +142,8 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["subgraph"], self.docks["interventions"])
         self.docks["subgraph"].raise_()
         self._default_state = self.saveState()
+        self._restoring_window = False
+        self._switching_graph = False
         self.sessions = SessionManager(self, self.settings, autosave_dir)
         self.device_label = QLabel()
         self.loaded_label = QLabel()
@@ -134,8 +155,22 @@ class MainWindow(QMainWindow):
         c.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         c.error.connect(self.show_error)
         self.sessions.state_changed.connect(self._update_session_ui)
+        # the workspace follows the canvas view and the layout as they change; the window follows sessions
+        vb = self.canvas.plot.getViewBox()
+        vb.sigRangeChanged.connect(self._canvas_view_changed)
+        for signal in (c.analysis_changed, c.model_changed, c.loading_changed):
+            signal.connect(self._update_provenance)  # first: the banner's height changes the canvas's
+        c.analysis_will_change.connect(self._graph_will_change)
+        c.analysis_changed.connect(self._graph_changed)  # after the canvas has drawn (and fitted) the graph
+        c.workspace.events.connect(self._session_replaced, SessionReplaced)
+        for dock in self.docks.values():
+            dock.visibilityChanged.connect(self._window_changed)
+            dock.dockLocationChanged.connect(self._window_changed)
+            dock.topLevelChanged.connect(self._window_changed)
+            dock.installEventFilter(self)  # resized by a splitter drag: no signal, a resize event
         self._update_status()
         self._update_session_ui()
+        self._update_provenance()
         self._restore()
 
     # ---- construction ----
@@ -276,13 +311,107 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _=False, p=path: self.sessions.open(p))
 
     def _fill_graphs(self) -> None:
+        """Each graph by its title, the transcoder set it was traced with and when."""
         self.graphs_menu.clear()
-        session = self.sessions.capture()
-        for record in session.graphs:
-            action = self.graphs_menu.addAction(record.display_title[:80])
+        ws = self.controller.workspace
+        for gid in ws.graphs:
+            d = ws.describe(gid)
+            action = self.graphs_menu.addAction(d.menu_text)
+            action.setToolTip(f"Model {d.model or '?'} · transcoders {d.transcoders or '?'}"
+                              f"{' · index ' + d.index if d.index else ''}")
             action.setCheckable(True)
-            action.setChecked(record.id == session.current_graph)
-            action.triggered.connect(lambda _=False, gid=record.id: self.sessions.switch_graph(gid))
+            action.setChecked(gid == ws.current_id)
+            action.triggered.connect(lambda _=False, g=gid: self.sessions.switch_graph(g))
+
+    # ---- the workspace's view, layout and provenance ----
+    def _graph_will_change(self) -> None:
+        self._switching_graph = True  # the canvas refits the next graph: not a view to remember
+
+    def _graph_changed(self) -> None:
+        self._switching_graph = False
+        self._apply_graph_view()
+
+    def _apply_graph_view(self) -> None:
+        """Show the current graph where it was left (its view in the workspace), or report the fitted view."""
+        view = self.controller.workspace.view
+        vb = self.canvas.plot.getViewBox()
+        if view is not None:
+            vb.setRange(xRange=(view.x0, view.x1), yRange=(view.y0, view.y1), padding=0)
+        else:
+            self._canvas_view_changed()
+
+    def _canvas_view_changed(self, *_) -> None:
+        if self._switching_graph or self._restoring_window or self.controller.analysis is None:
+            return
+        (x0, x1), (y0, y1) = self.canvas.plot.getViewBox().viewRange()
+        self.controller.workspace.set_view(CanvasView(x0, x1, y0, y1))
+
+    def _window_blob(self) -> bytes:
+        return json.dumps({"state": base64.b64encode(bytes(self.saveState().data())).decode(),
+                           "geometry": base64.b64encode(bytes(self.saveGeometry().data())).decode()}).encode()
+
+    def _window_changed(self, *_) -> None:
+        if not self._restoring_window and hasattr(self, "sessions"):
+            self.controller.workspace.set_window_state(self._window_blob())
+
+    def _session_replaced(self, _event) -> None:
+        """A session was opened: its layout, then its graph's view (the layout resizes the canvas)."""
+        ws = self.controller.workspace
+        blob, view = ws.window_state, ws.view
+        if blob:
+            self._restoring_window = True  # the canvas refits as the layout resizes it: not the graph's view
+            try:
+                data = json.loads(blob.decode())
+                self.restoreGeometry(base64.b64decode(data["geometry"]))
+                self.restoreState(base64.b64decode(data["state"]))
+            except (ValueError, KeyError):  # a layout we cannot read is not worth refusing the session for
+                pass
+            finally:
+                self._restoring_window = False
+        if self.controller.analysis is not None:
+            ws.set_view(view)
+            self._apply_graph_view()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.Resize and obj in self.docks.values():
+            self._window_changed()
+        return super().eventFilter(obj, event)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._window_changed()
+
+    def moveEvent(self, event) -> None:  # noqa: N802
+        super().moveEvent(event)
+        self._window_changed()
+
+    def _update_provenance(self) -> None:
+        """The banner above the canvas: the graph's transcoder set, index and time; a warning when they are
+        not loaded and the graph is shown as saved."""
+        ws = self.controller.workspace
+        gid = ws.current_id
+        if gid is None:
+            self.provenance.hide()
+            return
+        d = ws.describe(gid)
+        where = (f"Graph {list(ws.graphs).index(gid) + 1} of {len(ws.graphs)} · traced "
+                 f"{d.created.astimezone():%Y-%m-%d %H:%M} with {d.model or 'an unknown model'} + "
+                 f"{d.transcoders or 'unknown transcoders'}"
+                 f"{' · feature index ' + d.index if d.index else ' · no feature index'}")
+        binding = ws.entry(gid).binding
+        missing = [k for k in d.missing if k in ("model", "transcoders")]
+        if missing:
+            loading = binding.transcoders is not None and binding.transcoders.identity in self.controller.loading
+            head = ("Loading this graph's transcoders… showing saved results" if loading else
+                    f"{' and '.join(missing).capitalize()} not loaded: showing saved results")
+            text = f"⚠ {head} — {where}"
+            self.provenance.setStyleSheet("background: #fff3cd; color: #664d03; border-bottom: 1px solid #e0c36a;")
+        else:
+            text = where
+            self.provenance.setStyleSheet("color: #555; border-bottom: 1px solid #e4e4e4;")
+        self.provenance.set_full_text(text)
+        self.provenance.setToolTip(text)
+        self.provenance.show()
 
     def _steer_selected(self) -> None:
         self.interventions.add_selected()
@@ -336,28 +465,29 @@ class MainWindow(QMainWindow):
 
     # ---- status and settings ----
     def _update_status(self) -> None:
-        import torch
+        """What a new trace would use (the graph on screen names its own in the banner above the canvas)."""
+        from ..core.model_loading import device_name
 
-        c = self.controller
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-        self.device_label.setText(f"  Device: {device}  ")
+        ws = self.controller.workspace
+        self.device_label.setText(f"  Device: {device_name()}  ")
+        bundle, tc = ws.resource(ws.active.model), ws.resource(ws.active.transcoders)
+        index = ws.resource(ws.active.index) or ws.resource(ws.index_ref_for(ws.active.transcoders))
         parts = []
-        if c.bundle is not None:
-            parts.append(f"Model: {c.bundle.name} ({c.bundle.summary.n_layers} layers)")
-        if c.transcoders is not None:
-            parts.append(f"Transcoders: {c.transcoders.scan or '?'} ({c.transcoders.activation_name}, "
-                         f"{c.transcoders.n_features}/layer)")
-        if c.feature_index is not None:
+        if bundle is not None:
+            parts.append(f"Model: {bundle.name} ({bundle.summary.n_layers} layers)")
+        if tc is not None:
+            parts.append(f"Transcoders: {tc.scan or '?'} ({tc.activation_name}, {tc.n_features}/layer)")
+        if index is not None:
             parts.append("Feature index loaded")
         self.loaded_label.setText("  ·  ".join(parts) or "Nothing loaded: File ▸ Open demo")
 
     def _recent(self) -> list[tuple[str, str]]:
-        items = self.settings.value("recent", []) or []
-        return [tuple(x.split("\n", 1)) if "\n" in x else (x, "") for x in items]
+        items = string_list(self.settings, "recent")
+        return [tuple(x.split("\n", 1)) if "\n" in x else (x, "") for x in items if x]
 
     def _remember(self, model: str, transcoders: str) -> None:
         entry = f"{model}\n{transcoders}"
-        items = [x for x in (self.settings.value("recent", []) or []) if x != entry]
+        items = [x for x in string_list(self.settings, "recent") if x != entry]
         self.settings.setValue("recent", [entry, *items][:MAX_RECENT])
         self._fill_recent()
 

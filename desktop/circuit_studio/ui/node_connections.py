@@ -27,7 +27,9 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLabel, QPus
                                QStackedWidget, QStyledItemDelegate, QTableView, QVBoxLayout, QWidget)
 
 from ..core.analysis import Analysis, Aspect
+from ..core.display_text import layer_name
 from ..core.graph import NodeKind
+from .canvas.style import NEGATIVE_COLOR, POSITIVE_COLOR
 
 TOP_N = 50  # rows per list unless "Show all" is on
 EMPTY_TEXT = "Click a node on the graph to see its connections."
@@ -39,8 +41,6 @@ KIND_STYLE: dict[NodeKind, tuple[str, str, str]] = {
     NodeKind.TOKEN: ("■", "#5d6d7e", "s"),
     NodeKind.LOGIT: ("▲", "#e08a2c", "t1"),
 }
-POSITIVE_COLOR = "#1b7837"  # PRGn ends, as the frontends colour edges
-NEGATIVE_COLOR = "#762a83"
 
 NODE_ROLE = Qt.ItemDataRole.UserRole + 1  # int: the row's node index
 VALUE_ROLE = Qt.ItemDataRole.UserRole + 2  # float: weight / share column's raw value
@@ -52,10 +52,6 @@ INPUT_SHARE_TIP = ("Share of the selected node's total input that this source pr
                    "|A[selected, source]| / Σ |A[selected, :]| (unpruned graph).")
 OUTPUT_SHARE_TIP = ("Share of this target's total input that comes from the selected node:\n"
                     "|A[target, selected]| / Σ |A[target, :]| (unpruned graph).")
-
-
-def layer_text(layer: int, n_layers: int) -> str:
-    return "Emb" if layer < 0 else "Lgt" if layer >= n_layers else f"L{layer}"
 
 
 # ---- the numbers (no Qt) ----
@@ -174,7 +170,7 @@ class ConnectionsModel(QAbstractTableModel):
                 return self.label(row)
             if col == self.WHERE:
                 info = self.analysis.info(node)
-                return f"{layer_text(info.layer, graph.n_layers)} @{info.position} {info.token!r}"
+                return f"{layer_name(info.layer, graph.n_layers)} @{info.position} {info.token!r}"
             if col == self.WEIGHT:
                 return f"{float(self.weights[row]):+.3g}"
             if col == self.SHARE:
@@ -204,7 +200,7 @@ class ConnectionsModel(QAbstractTableModel):
             pinned = "\nPinned" if node in self.analysis.pinned else ""
             kept = "" if self.analysis.pruned.node_mask[node] else "\nHidden by pruning"
             act = f"\nActivation {info.activation:.3g}" if info.activation is not None else ""
-            return (f"{self.label(row)}\n{info.kind.value}, {layer_text(info.layer, graph.n_layers)}, "
+            return (f"{self.label(row)}\n{info.kind.value}, {layer_name(info.layer, graph.n_layers)}, "
                     f"position {info.position} {info.token!r}{act}\nWeight {float(self.weights[row]):+.4g}, "
                     f"share {100 * float(self.shares[row]):.2f}%{pinned}{kept}\n"
                     "Click to select · Ctrl-click to pin")
@@ -472,7 +468,7 @@ class NodeConnectionsPane(QWidget):
         self.title_label.setToolTip(info.label)
         parts = [f"<span style='color:{color}'>{glyph}</span> {info.kind.value}"
                  + (f" #{info.feature}" if info.feature is not None else ""),
-                 layer_text(info.layer, g.n_layers),
+                 layer_name(info.layer, g.n_layers),
                  f"position {info.position} {html.escape(repr(info.token))}"]
         if info.activation is not None:
             parts.append(f"activation {info.activation:.3g}")
@@ -516,4 +512,4 @@ class NodeConnectionsPane(QWidget):
 
 __all__ = ["NodeConnectionsPane", "ConnectionsModel", "ConnectionsView", "Connections", "node_connections",
            "row_abs_sums", "KIND_STYLE", "LISTS", "INPUTS_POS", "INPUTS_NEG", "OUTPUTS_POS", "OUTPUTS_NEG",
-           "NODE_ROLE", "VALUE_ROLE", "EMPTY_TEXT", "TOP_N", "layer_text"]
+           "NODE_ROLE", "VALUE_ROLE", "EMPTY_TEXT", "TOP_N"]

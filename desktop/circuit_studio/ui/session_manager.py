@@ -1,10 +1,11 @@
 """Sessions in the window: New / Open / Save / Save As, recent files, unsaved-changes prompts,
 autosave with crash recovery, and undo / redo.
 
-The session (`core.session.Session`) is immutable; this object keeps the latest one and folds the
-live state into it when saving: the current analysis (thresholds, pins, supernodes, labels,
-selection), the canvas view, the intervention pane's rows and the window layout. Every graph
-traced in the session stays in it; the Graph menu switches between them.
+The session file is written from the workspace alone (`core.workspace.Workspace.to_session`) and
+read back into it (`load_session`); nothing here reads a widget. The workspace's events say when the
+user changed something a session keeps (`modifies_session`): that, and only that, marks the session
+modified. Computed results arriving, the canvas view and the window layout are saved but do not.
+Every graph traced in the session stays in it; the Graph menu switches between them.
 
 Autosave writes the whole session every few seconds while there are unsaved changes, on a
 background thread, to a file in the user's data folder, next to a marker holding this process's
@@ -13,7 +14,6 @@ id. A later start that finds an autosave whose process is gone offers to recover
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import threading
@@ -23,12 +23,12 @@ from PySide6.QtCore import QObject, QSettings, QStandardPaths, QTimer, Signal
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from ..core.atomic_write import OutputError, write_text_atomic
-from ..core.history import History
-from ..core.session import (SESSION_SUFFIX, CanvasView, FolderStatus, InterventionRecord, ModelRef, Session,
-                            TranscoderRef)
-from ..core.session_store import SessionError, SessionLockedError, load_session, save_session
+from ..core.session import SESSION_SUFFIX, FolderStatus, Session
+from ..core.session_store import (SessionError, SessionLockedError, load_session, remove_stale_files,
+                                  save_session, save_session_as)
+from ..core.workspace import HistoryChanged
 from .jobs import JobError
-from .intervention_pane import PaneState
+from .settings import string_list
 
 AUTOSAVE_SECONDS = 5
 MAX_RECENT = 8
@@ -57,14 +57,14 @@ class SessionManager(QObject):
         super().__init__(window)
         self.window, self.settings = window, settings
         self.controller = window.controller
-        self.session = Session()
+        self.workspace = self.controller.workspace
         self.path: Path | None = None
         self.dirty = False
-        self.history: History | None = None
-        self._graph_id: int | None = None  # the record of the analysis on screen
         self._restoring = False
         self.autosave_dir = autosave_dir or autosave_folder()
         self.autosave_path = self.autosave_dir / f"autosave-{os.getpid()}{SESSION_SUFFIX}"
+        # what killed runs left there: autosave names carry the pid, so no later save would clean it up
+        remove_stale_files(self.autosave_dir)
         self._autosave_thread: threading.Thread | None = None
         self._autosave_pending = False
         # "save" | "discard" | "cancel" for unsaved changes; None asks with a dialog (tests answer here)
@@ -73,92 +73,25 @@ class SessionManager(QObject):
         self.timer.setInterval(AUTOSAVE_SECONDS * 1000)
         self.timer.timeout.connect(self.autosave)
         self.timer.start()
-        c = self.controller
-        c.analysis_will_change.connect(self._fold_in)
-        c.analysis_changed.connect(self._analysis_changed)
-        c.aspect_changed.connect(self._aspect_changed)
-        window.interventions.will_change.connect(self._record)
-        window.interventions.updated.connect(lambda _: self._mark_dirty())
+        self.workspace.events.connect(self._on_event)
 
-    # ---- the live state <-> the session ----
-    def _canvas_view(self) -> CanvasView | None:
-        if self.controller.analysis is None:
-            return None
-        (x0, x1), (y0, y1) = self.window.canvas.plot.getViewBox().viewRange()
-        return CanvasView(x0, x1, y0, y1)
+    # ---- the workspace -> the session ----
+    @property
+    def history(self):
+        return self.workspace.history
 
-    def _window_blob(self) -> bytes:
-        w = self.window
-        return json.dumps({"state": base64.b64encode(bytes(w.saveState().data())).decode(),
-                           "geometry": base64.b64encode(bytes(w.saveGeometry().data())).decode()}).encode()
+    @property
+    def session(self) -> Session:
+        return self.capture()
 
     def capture(self) -> Session:
-        """The session with everything on screen folded in."""
-        self._fold_in()
-        return self.session
+        """The session as it would be saved now (from the workspace)."""
+        return self.workspace.to_session()
 
-    def _fold_in(self) -> None:
-        """Fold the live analysis, view, pane and window into `self.session`."""
-        if self._restoring:  # the screen is being replaced by the session itself
-            return
-        c = self.controller
-        session = self.session
-        changes = {"window_state": self._window_blob(),
-                   "settings": {**session.settings, "prompt": self.window.prompt_bar.prompt.currentText()}}
-        if c.bundle is not None and (session.model is None or session.model.path != str(c.bundle.summary.folder)):
-            changes["model"] = ModelRef.from_folder(c.bundle.summary.folder, c.bundle.summary)
-        if c.transcoders is not None and c.transcoders.source is not None and (
-                session.transcoders is None or session.transcoders.path != str(Path(c.transcoders.source).resolve())):
-            from ..core.transcoder_loading import describe_transcoders
-
-            changes["transcoders"] = TranscoderRef.from_folder(c.transcoders.source,
-                                                               describe_transcoders(c.transcoders.source))
-        if c.analysis is None:
-            self.session = Session.from_analysis(None, session, **changes)
-            return
-        session = Session.from_analysis(c.analysis, session, graph_id=self._graph_id, view=self._canvas_view(),
-                                        **changes)
-        self._graph_id = session.current_graph
-        pane = self.window.interventions.state()
-        result = self.window.interventions.last_result
-        record = InterventionRecord(
-            id=1, interventions=tuple(self.window.interventions.interventions()),
-            options={"pane": pane.to_json(), "freeze_attention": pane.freeze_attention},
-            top_before=_top_tokens(result, 0, c), top_after=_top_tokens(result, 1, c),
-            extra={"default": result.default.text if result and result.default else "",
-                   "steered": result.steered.text if result and result.steered else "",
-                   # the canvas rings, so that a session reopened without its model looks as it was
-                   "changes": sorted([int(n), float(v)] for n, v in (c.intervention_changes or {}).items()),
-                   "outputs": self.window.interventions.saved_outputs()})
-        if result is None:  # shown from the file, no model loaded: keep what was computed then
-            saved = [r for r in session.graph(self._graph_id).interventions if r.id == record.id]
-            if saved and saved[0].options.get("pane") == record.options["pane"]:
-                record = saved[0]
-        if pane.rows:
-            session = session.with_intervention(self._graph_id, record)
-        self.session = session
-
-    def _analysis_changed(self) -> None:
-        a = self.controller.analysis
-        self.history = None
-        if a is not None:
-            if not self._restoring:
-                self._graph_id = None  # a new trace: a new record
-                self._fold_in()
-            pane = self.window.interventions
-            self.history = History(lambda: (a.state(), pane.state()),
-                                   lambda s: (a.restore(s[0]), pane.restore(s[1])), on_change=self.state_changed.emit)
-            a.subscribe_before_change(self._record)
-            if not self._restoring:
-                self._mark_dirty()
-        self.state_changed.emit()
-
-    def _record(self, description: str) -> None:
-        if self.history is not None and not self._restoring:
-            self.history.record(description)
-
-    def _aspect_changed(self, aspect: str) -> None:
-        if not self._restoring:
+    def _on_event(self, event) -> None:
+        if isinstance(event, HistoryChanged):
+            self.state_changed.emit()
+        if getattr(event, "modifies_session", False) and not self._restoring:
             self._mark_dirty()
 
     def _mark_dirty(self) -> None:
@@ -171,12 +104,10 @@ class SessionManager(QObject):
 
     # ---- undo ----
     def undo(self) -> None:
-        if self.history and self.history.undo():
-            self._mark_dirty()
+        self.workspace.undo()
 
     def redo(self) -> None:
-        if self.history and self.history.redo():
-            self._mark_dirty()
+        self.workspace.redo()
 
     # ---- titles ----
     @property
@@ -190,10 +121,10 @@ class SessionManager(QObject):
             return False
         self._restoring = True
         try:
-            self.controller.set_analysis(None)
+            self.workspace.clear()
         finally:
             self._restoring = False
-        self.session, self.path, self.dirty, self._graph_id = Session(), None, False, None
+        self.path, self.dirty = None, False
         self.state_changed.emit()
         return True
 
@@ -208,9 +139,10 @@ class SessionManager(QObject):
             path = name if name.endswith(SESSION_SUFFIX) else name + SESSION_SUFFIX
         path = Path(path)
         session = self.capture()
+        write = save_session if self.path is not None and path == self.path else save_session_as
 
         def save() -> bool:
-            save_session(session, path)
+            write(session, path)  # onto this session's own file: in place, only what changed
             return True
 
         if not self._attempt("Session not saved", save):
@@ -256,64 +188,22 @@ class SessionManager(QObject):
         """Put a session on screen as it was saved (its current graph, or `graph_id`)."""
         self._restoring = True
         try:
-            self.session = session
-            index = self.controller.feature_index
-            record = None
-            gid = session.current_graph if graph_id is None else graph_id
-            if gid is not None:
-                record = session.graph(gid)
-                self._graph_id = gid
-                self.controller.set_analysis(session.analysis(gid, auto_label=index.label if index else None))
-            else:
-                self._graph_id = None
-                self.controller.set_analysis(None)
-            self._restore_window(session)
-            if record is not None:
-                self._restore_graph_view(record)
-            prompt = record.graph.prompt if record else session.settings.get("prompt", "")
-            self.window.prompt_bar.prompt.setEditText(prompt)
+            self.workspace.load_session(session, graph_id)
         finally:
             self._restoring = False
-        if self.history is not None:
-            self.history.clear()
 
     def switch_graph(self, graph_id: int) -> None:
-        self._fold_in()
-        self.show_session(self.session, graph_id)
-        self._mark_dirty()
-
-    def _restore_graph_view(self, record) -> None:
-        pane = self.window.interventions
-        if record.interventions and "pane" in record.interventions[-1].options:
-            last = record.interventions[-1]
-            pane.restore(PaneState.from_json(last.options["pane"]))
-            # shown as saved; recomputed (and replaced) as soon as the model is loaded
-            if last.extra.get("changes"):
-                self.controller.set_intervention_changes({int(n): float(v) for n, v in last.extra["changes"]})
-            if last.extra.get("outputs") and self.controller.bundle is None:
-                pane.show_saved(last.extra["outputs"])
-        if record.view is not None:
-            v = record.view
-            self.window.canvas.plot.getViewBox().setRange(xRange=(v.x0, v.x1), yRange=(v.y0, v.y1), padding=0)
-
-    def _restore_window(self, session: Session) -> None:
-        if not session.window_state:
-            return
-        try:
-            blob = json.loads(session.window_state.decode())
-            self.window.restoreGeometry(base64.b64decode(blob["geometry"]))
-            self.window.restoreState(base64.b64decode(blob["state"]))
-        except (ValueError, KeyError):  # a layout we cannot read is not worth refusing the session for
-            pass
+        """Show another graph of the session, with its own transcoders and index (see the workspace)."""
+        self.workspace.set_current(graph_id)
 
     def _check_sources(self, session: Session) -> None:
         """Saved graphs open without the model; computing anything new needs it, so say where it stands."""
-        c = self.controller
-        ref = session.model
+        current = session.current()
+        ref = (current.model if current is not None and current.model is not None else None) or session.model
         if ref is None:
             return
         status = ref.check()
-        loaded = c.bundle is not None and str(c.bundle.summary.folder) == ref.path
+        loaded = self.workspace.loaded(ref.content_hash) is not None
         if status is FolderStatus.OK and loaded:
             return
         if status is FolderStatus.OK:
@@ -427,7 +317,7 @@ class SessionManager(QObject):
 
     # ---- recent files ----
     def recent(self) -> list[str]:
-        return [p for p in (self.settings.value("recentSessions", []) or []) if p]
+        return [p for p in string_list(self.settings, "recentSessions") if p]
 
     def _remember(self, path: Path) -> None:
         items = [p for p in self.recent() if p != str(path)]
@@ -435,16 +325,4 @@ class SessionManager(QObject):
 
     def _default_folder(self) -> Path:
         return self.path.parent if self.path else Path.home()
-
-
-def _top_tokens(result, which: int, controller, k: int = 10) -> tuple:
-    """Top next tokens before (0) or after (1) the last intervention update, as TokenProb dicts."""
-    if result is None or controller.bundle is None:
-        return ()
-    import numpy as np
-
-    probs = result.probabilities()[which]
-    top = np.argsort(-probs)[:k]
-    decode = controller.bundle.tokenizer.decode
-    return tuple({"token": decode([int(i)]), "id": int(i), "probability": float(probs[i])} for i in top)
 
