@@ -13,7 +13,7 @@ graph's size. Encoders are random directions with b_enc = 0 and JumpReLU thresho
 the model's own activations so that about ACTIVE features fire per token and layer.
 
     python benchmarks/real_scale.py [--config gemma2|llama|both] [--workdir DIR] [--keep]
-        [--scale S] [--batch-size B] [--prompt TEXT] [--tc-dtype stored|model]
+        [--scale S] [--batch-size B] [--prompt TEXT]
 
 `--scale 16` divides layers, widths, heads, vocab and the feature budget by 16 (a check in
 seconds). Each config is generated and measured in its own subprocess, so peak RSS is per config
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import os
 import re
@@ -245,24 +244,13 @@ def measure(rel: Release, root: Path, s: int, args: argparse.Namespace) -> dict:
     bundle = load_model(root / "model", device="cpu", dtype=torch.bfloat16)
     out |= {"t_model": time.perf_counter() - t0, "peak_model": sampler.phase(), "after_model": _mem()}
 
-    # Pass only the keywords the loader takes. "stored": keep the stored dtype, by passing nothing
-    # where the default already does (dtype=None: memory-mapped views) and the stored dtype where
-    # it would cast (the old default float32 doubles a bf16 set); "model": what the app does.
-    params = inspect.signature(tl.load_transcoders).parameters
-    kw = {"device": "cpu"} if "device" in params else {}
-    if "dtype" in params and args.tc_dtype == "model":
-        kw["dtype"] = bundle.dtype
-    elif "dtype" in params and params["dtype"].default is not None:
-        kw["dtype"] = getattr(torch, tl.describe_transcoders(root / "transcoders").dtype)
+    # as the app loads them: memory-mapped on the CPU in their stored dtype
     t0 = time.perf_counter()
-    tc = tl.load_transcoders(root / "transcoders", **kw)
-    # per-layer weights are stacked tensors or (after the rewrite) tuples of layers
-    fields = [getattr(tc, f) for f in ("w_enc", "w_dec", "w_skip", "b_enc", "b_dec", "threshold")]
-    tensors = [t for v in fields for t in (v if isinstance(v, (tuple, list)) else [v])
-               if t is not None]
+    tc = tl.load_transcoders(root / "transcoders", device="cpu")
+    tensors = [t for f in ("w_enc", "w_dec", "w_skip") for t in (getattr(tc, f) or ())]
+    tensors += [t for t in (tc.b_enc, tc.b_dec, tc.threshold) if t is not None]
     out |= {"t_tc": time.perf_counter() - t0, "peak_tc": sampler.phase(), "after_tc": _mem(),
-            "tc_kwargs": {k: str(v) for k, v in kw.items()}, "tc_dtype": str(tensors[0].dtype),
-            "tc_nominal_gib": sum(t.nbytes for t in tensors) / GiB}
+            "tc_dtype": str(tc.dtype), "tc_nominal_gib": sum(t.nbytes for t in tensors) / GiB}
 
     budget = max(1, 7500 // s)
     graph = attribute(args.prompt, bundle, tc, AttributionParams(max_feature_nodes=budget,
@@ -279,7 +267,7 @@ def measure(rel: Release, root: Path, s: int, args: argparse.Namespace) -> dict:
 def _child(stage: str, name: str, args: argparse.Namespace, result: Path) -> dict | None:
     cmd = [sys.executable, __file__, "--config", name, "--workdir", str(args.workdir),
            "--scale", str(args.scale), "--batch-size", str(args.batch_size), "--prompt",
-           args.prompt, "--tc-dtype", args.tc_dtype, "--stage", stage, "--result", str(result)]
+           args.prompt, "--stage", stage, "--result", str(result)]
     t0 = time.perf_counter()
     rc = subprocess.run(cmd).returncode
     if rc != 0:
@@ -312,7 +300,7 @@ def _table(results: dict[str, dict]) -> str:
         ("load model (s)", lambda r: f(r["m"].get("t_model"))),
         ("  RSS peak / after, GiB (anon)", lambda r: _rss(r["m"], "model")),
         ("load transcoders (s)", lambda r: f(r["m"].get("t_tc"))),
-        ("  as (kwargs -> dtype, nominal GiB)", lambda r: f"{r['m']['tc_kwargs']} -> {r['m']['tc_dtype']}, {r['m']['tc_nominal_gib']:.2f}"),
+        ("  held as (dtype, GiB mapped)", lambda r: f"{r['m']['tc_dtype']}, {r['m']['tc_nominal_gib']:.2f}"),
         ("  RSS peak / after, GiB (anon)", lambda r: _rss(r["m"], "tc")),
         ("attribution total (s)", lambda r: f(r["m"]["seconds"]["total"])),
         ("  forward / logit rows / feature rows (s)", lambda r: " / ".join(
@@ -345,8 +333,6 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1, help="divide layers/widths/vocab/budget by S")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--prompt", default=PROMPT)
-    ap.add_argument("--tc-dtype", choices=["stored", "model"], default="stored",
-                    help="dtype= passed to load_transcoders, if it takes one (app: model)")
     ap.add_argument("--stage", choices=["generate", "measure"], help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
