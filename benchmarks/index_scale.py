@@ -29,7 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from circuit_studio.core.corpus_text import read_corpus, token_windows  # noqa: E402
-from circuit_studio.core.feature_index_build import IndexSettings, build_feature_index  # noqa: E402
+from circuit_studio.core.feature_index_build import build_feature_index  # noqa: E402
+from circuit_studio.core.feature_index_shards import IndexSettings  # noqa: E402
 from circuit_studio.core.model_loading import load_model  # noqa: E402
 from circuit_studio.core.transcoder_loading import load_transcoders  # noqa: E402
 

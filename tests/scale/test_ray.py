@@ -20,7 +20,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.
 from circuit_studio import cli  # noqa: E402
 from circuit_studio.core.attribution import attribute  # noqa: E402
 from circuit_studio.core.errors import Cancelled  # noqa: E402
-from circuit_studio.core.feature_index_build import IndexSettings, build_feature_index  # noqa: E402
+from circuit_studio.core.feature_index_build import build_feature_index  # noqa: E402
+from circuit_studio.core.feature_index_shards import IndexSettings  # noqa: E402
 from circuit_studio.core.graph import AttributionParams, load_graph  # noqa: E402
 from circuit_studio.core.progress import CancelToken  # noqa: E402
 from circuit_studio.scale import ClusterError, cluster  # noqa: E402

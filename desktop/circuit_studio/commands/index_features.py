@@ -62,7 +62,7 @@ def _run_on_ray(args: argparse.Namespace, lines: list[str], progress: ProgressFn
     """The same index, its shards run on Ray actors (`scale.ray_index`); here only the tokenizer."""
     from ..core.corpus_text import token_windows
     from ..core.errors import CircuitStudioError
-    from ..core.feature_index_build import IndexSettings
+    from ..core.feature_index_shards import IndexSettings
     from ..core.model_loading import describe_model, load_tokenizer
     from ..core.transcoder_loading import check_transcoders_fit, describe_transcoders
     from ..scale import import_ray

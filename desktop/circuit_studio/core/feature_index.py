@@ -385,7 +385,7 @@ def find_feature_index(tc, folder: str | Path | None = None) -> Path | None:
     (`folder`, default `tc.source`) and the folder above it: the first whose recorded transcoder
     fingerprint (`feature_index_build.transcoder_fingerprint`) is `tc`'s. Reads only each file's meta
     table; None when none matches."""
-    from .feature_index_build import transcoder_fingerprint
+    from .feature_index_shards import transcoder_fingerprint
 
     source = Path(folder) if folder is not None else (Path(tc.source) if getattr(tc, "source", None) else None)
     if tc is None or source is None:

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ..core.feature_index import FeatureIndex
-from ..core.feature_index_build import IndexPlan, IndexSettings, run_index_build
+from ..core.feature_index_build import run_index_build
+from ..core.feature_index_shards import IndexPlan, IndexSettings
 from ..core.progress import CancelToken, ProgressFn, report
 from .cluster import Call, Cluster, WorkerPool, worker_pool
 
@@ -24,7 +25,7 @@ _PHASES = {"scan": "Scanning corpus", "bands": "Histograms"}
 
 
 class RayIndexExecutor:
-    """`core.feature_index_build.ShardExecutor` on a `WorkerPool`: one call per shard, progress
+    """`core.feature_index_shards.ShardExecutor` on a `WorkerPool`: one call per shard, progress
     reported per finished shard (in batches, over all shards)."""
 
     def __init__(self, pool: WorkerPool, progress: ProgressFn | None = None, cancel: CancelToken | None = None,

@@ -39,7 +39,7 @@ class ModelWorker:
 
     def __init__(self, model: str, transcoders: str, device: str | None = None, dtype: str = "float32",
                  threads: int | None = None) -> None:
-        from ..core.feature_index_build import IndexWorker
+        from ..core.feature_index_shards import IndexWorker
         from ..core.model_loading import load_model
         from ..core.transcoder_loading import load_transcoders
 
