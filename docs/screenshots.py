@@ -20,7 +20,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
 
-from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from circuit_studio.ui.main_window import MainWindow  # noqa: E402
@@ -40,6 +40,7 @@ def wait(app: QApplication, condition, timeout_s: float = 300.0) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "screenshots")
+    ap.add_argument("--only", choices=["heads"], help="grab only this screenshot (heads.png: the Heads pane)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     app = QApplication.instance() or QApplication([])
@@ -52,6 +53,11 @@ def main() -> None:
     c = window.controller
     c.open_demo()
     wait(app, lambda: c.transcoders is not None and not c.jobs.busy)
+    if args.only == "heads":
+        heads(app, window, args.out)
+        window.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
     for item in c.curated:
         window.prompt_bar.prompt.setEditText(item.prompt)
         window.prompt_bar.trace()
@@ -71,6 +77,7 @@ def main() -> None:
         window.grab().save(str(args.out / f"{name}.png"))
         print(f"{name}.png  {item.prompt!r}")
     case_study(app, window, args.out)
+    heads(app, window, args.out)
     window.close()
     shutil.rmtree(scratch, ignore_errors=True)
 
@@ -104,6 +111,38 @@ def case_study(app: QApplication, window: MainWindow, out: Path) -> None:
         app.processEvents()
     window.grab().save(str(out / "interventions_case_study.png"))
     print("interventions_case_study.png")
+
+
+def heads(app: QApplication, window: MainWindow, out: Path) -> None:
+    """The Heads pane on the two-hop prompt: the strongest edge from a ' Dallas' feature into the last
+    position, split per head; its top head's pattern and the QK breakdown of last -> ' Dallas'."""
+    import numpy as np
+
+    c = window.controller
+    window.prompt_bar.prompt.setEditText("The capital of the state containing Dallas is")
+    window.prompt_bar.trace()
+    wait(app, lambda: not c.jobs.busy)
+    a = c.analysis
+    g = a.graph
+    city, last = list(g.token_strings).index(" Dallas"), g.n_pos - 1
+    src = [i for i in range(g.n_features) if g.feature_of(i)[1] == city]
+    tgt = [i for i in range(g.n_features) if g.feature_of(i)[1] == last] + list(range(g.logit_offset, g.n_nodes))
+    sub = g.adjacency_matrix[np.ix_(tgt, src)]
+    t, s = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    pane = window.heads
+    window.docks["heads"].show()
+    window.docks["heads"].raise_()
+    window.resizeDocks([window.docks["heads"]], [380], Qt.Orientation.Vertical)
+    a.select(tgt[t])
+    pane.request_edge(src[s], tgt[t])
+    wait(app, lambda: pane.state.split is not None and not pane.busy)
+    layer, head, _ = pane.state.split.top_heads(1)[0]
+    pane.choose_head(layer, head)
+    wait(app, lambda: pane.state.breakdown is not None and not pane.busy)
+    for _ in range(20):
+        app.processEvents()
+    window.grab().save(str(out / "heads.png"))
+    print("heads.png")
 
 
 if __name__ == "__main__":

@@ -178,7 +178,8 @@ def test_attribute_npz_on_a_full_disk_leaves_no_json(capsys, out, monkeypatch):
 
     monkeypatch.setattr(graph_module, "write_graph_npz", full)
     _fails(capsys, _attribute(out, "--npz", str(out / "graph.npz")),
-           f"Not enough disk space to write {out / 'graph.json'} and {out / 'graph.npz'}. Free some space")
+           f"Not enough disk space to write {out / 'graph.json'}, {out / 'graph-metadata.json'} and "
+           f"{out / 'graph.npz'}. Free some space")
     assert list(out.iterdir()) == []
 
 

@@ -64,9 +64,16 @@ def test_attribution_parts_follow_the_run():
     N = 10 + L * P + P + K  # selected features + errors + tokens + logits
     assert plan.n_nodes == N
     n_cols = n_active + L * P + P
-    assert _bytes(plan, "graph") == ((K + 10) * (n_cols + K) + N * N + 10 * N) * 4
+    # a feature row at (l, p) can receive from 6 p features, p + 1 errors per lower layer and p + 1 tokens
+    entries = sum(6 * (l * (6 * p + p + 1) + p + 1) for l in range(L) for p in range(1, P))
+    assert mp.allowed_entries(L, P, 6) == entries
+    blocks = int(10 * (10 + L * P + P) * entries / (n_active * n_cols)) + K * (N - K)
+    assert _bytes(plan, "graph") == int(((K + 10) * (n_cols + K) + (K + 10) ** 2 + blocks * 1.5) * 4)
     assert _bytes(plan, "active features' rows") == n_active * d * 2 * 4
-    assert _bytes(plan, "backward batches") == B * P * d * 4 * mp.BACKWARD_TENSORS + B * n_cols * 4
+    assert _bytes(plan, "backward batches") == (max(B * P, mp.ROW_POSITIONS) * d * 4 * mp.BACKWARD_TENSORS
+                                                + B * n_cols * 4)
+    everything = plan_memory(MODEL, PLT, run=dataclasses.replace(run, max_feature_nodes=None), free=PLENTY)
+    assert _bytes(everything, "graph") == int((entries + K * n_cols) * 4 * 1.5), "no N x N matrix anywhere"
     assert _bytes(plan, "forward pass") == L * P * F * 4 + 3 * L * P * d * 4 + L * H * P * P * 8 + P * V * 4
     # no budget: every active feature is a node
     assert plan_memory(MODEL, PLT, run=dataclasses.replace(run, max_feature_nodes=None),
@@ -123,7 +130,8 @@ def test_without_accelerate_a_gpu_model_passes_through_ram(monkeypatch, direct):
 
 
 def test_a_huge_graph_gets_a_feature_budget_that_fits():
-    run = RunSize(n_tokens=40, max_feature_nodes=None, active_per_token=32)
+    # long enough that a budget's rows (over every active feature) cost less than all features' blocks
+    run = RunSize(n_tokens=128, max_feature_nodes=None, active_per_token=32)
     need_small = plan_memory(MODEL, PLT, run=dataclasses.replace(run, max_feature_nodes=600), free=PLENTY).needed(RAM)
     plan = plan_memory(MODEL, PLT, run=run, free=FreeMemory(ram=int(need_small * 1.5)))
     assert not plan.fits

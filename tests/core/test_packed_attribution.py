@@ -150,13 +150,16 @@ def test_batches_cover_every_row_once_and_share_positions():
 
 
 def test_only_the_needed_multiply_adds_are_done(traced, monkeypatch):
-    """With one position per batch the work done is the exact need, plus only the pattern's upper
-    triangle (applied as a square, in one product per layer)."""
+    """With one position per batch (and edges one product per position, not padded to a batched one)
+    the work done is the exact need, plus only the pattern's upper triangle (applied as a square, in
+    one product per layer)."""
     import circuit_studio.core.attribution as attribution_module
+    from circuit_studio.core.frozen_backward import PackedBackward
     from circuit_studio.core.frozen_backward import plan_batches as plan
 
     bundle, tc, graph = traced
     monkeypatch.setattr(attribution_module, "plan_batches", lambda *a, **k: plan(*a, **{**k, "min_rows": 1}))
+    monkeypatch.setattr(PackedBackward, "EDGE_BMM_BELOW", 0)
     again = attribute(PROMPT, bundle, tc, AttributionParams(batch_size=16))
     np.testing.assert_allclose(again.adjacency_matrix, graph.adjacency_matrix, atol=1e-6)
     af = graph.active_features
@@ -165,6 +168,4 @@ def test_only_the_needed_multiply_adds_are_done(traced, monkeypatch):
     need = needed_macs(af[:, 0], af[:, 1], counts, bundle.arch, tc)
     a = bundle.arch.layers[0]
     square_extra = sum(l * (p + 1) * p // 2 * a.n_heads * a.head_dim for l, p in zip(af[:, 0], af[:, 1]))
-    clt_zero_error_rows = (sum(l * (l - 1) // 2 * (p + 1) * bundle.arch.d_model for l, p in zip(af[:, 0], af[:, 1]))
-                           if tc.is_clt else 0)
-    assert again.provenance["work"]["feature_row_macs"] == need + square_extra + clt_zero_error_rows
+    assert again.provenance["work"]["feature_row_macs"] == need + square_extra

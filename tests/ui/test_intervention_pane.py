@@ -88,7 +88,7 @@ def test_adding_a_node_creates_a_row(qtbot, pane, controller, graph):
     r = pane.rows[0]
     layer, pos, feat, act = graph.feature_of(f)
     assert [(t.layer, t.position, t.feature, t.base) for t in r.targets] == [(layer, pos, feat, act)]
-    assert r.multiple == 1.0 and r.mode == "token" and r.low == -2.0 and r.high >= 2.0
+    assert r.multiple == 1.0 and r.mode == "token" and r.low == 0.0 and r.typed_low == -r.high and r.high >= 2.0
     assert pane.interventions() == []  # 1 = unchanged: nothing is set
     assert pane.add_node(f) == 0 and len(pane.rows) == 1  # the same node twice is one row
     logit = graph.logit_offset

@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--transcoders", required=True, help=TRANSCODERS_HELP)
     p.add_argument("--prompt", required=True, help="text to trace")
+    p.add_argument("--chat", action="store_true",
+                   help="trace the prompt as a user turn under the tokenizer's chat template (instruct models)")
     p.add_argument("--out", required=True, type=Path, help="frontend graph JSON to write")
     p.add_argument("--npz", type=Path, help="also write the full graph and masks as .npz")
     p.add_argument("--max-n-logits", type=int, default=10)
@@ -38,7 +40,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
     from ..core.atomic_write import replace_all_or_none
     from ..core.attribution import attribute
-    from ..core.export import dump_frontend_json, frontend_json
+    from ..core.export import INDEX_FILE, dump_frontend_json, frontend_json, updated_index_text
     from ..core.graph import DENSE_FILE_MAX_NODES, AttributionParams, write_graph_npz
     from ..core.memory_plan import RunSize
     from ..core.pruning import Pruner
@@ -51,16 +53,23 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
     size = RunSize(batch_size=args.batch_size, max_feature_nodes=budget,
                    max_n_logits=len(targets) if targets else args.max_n_logits)
     bundle, tc = load_planned(args, progress, cancel, run=size, prompt=prompt)
+    if args.chat:  # the tokenizer's chat template; one line if it has none
+        from ..core.chat_template import chat_prompt_ids
+        prompt = chat_prompt_ids(bundle.tokenizer, prompt)
     graph = attribute(prompt, bundle, tc, params, targets=targets, progress=progress, cancel=cancel)
     t0 = time.perf_counter()
     pruner = Pruner(graph)
     pruned = pruner.prune(args.node_threshold, args.edge_threshold)
     replacement, completeness = pruner.graph_scores()
     graph.provenance["seconds"]["prune_and_scores"] = time.perf_counter() - t0
-    text = dump_frontend_json(frontend_json(graph, pruned, slug=args.slug or args.out.stem,
-                                            tokenizer_decode=bundle.tokenizer.decode))
-    with replace_all_or_none([args.out, args.npz]) as (tmp_json, tmp_npz):  # both files or neither
+    doc = frontend_json(graph, pruned, slug=args.slug or args.out.stem, tokenizer_decode=bundle.tokenizer.decode)
+    text = dump_frontend_json(doc)
+    # graph-metadata.json beside the JSON (circuit-tracer's create_graph_files index, entry replaced by slug)
+    index_path = args.out.absolute().parent / INDEX_FILE
+    index = updated_index_text(index_path, doc["metadata"])
+    with replace_all_or_none([args.out, index_path, args.npz]) as (tmp_json, tmp_index, tmp_npz):  # all or none
         tmp_json.write_text(text, encoding="utf-8")
+        tmp_index.write_text(index, encoding="utf-8")
         if tmp_npz is not None:
             write_graph_npz(graph, tmp_npz, extra=pruned.file_arrays(dense=graph.n_nodes <= DENSE_FILE_MAX_NODES))
     s = graph.provenance["seconds"]

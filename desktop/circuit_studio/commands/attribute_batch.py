@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..core.errors import CircuitStudioError
 from ..core.progress import CancelToken, ProgressFn
+from .model_options import MODEL_HELP, TRANSCODERS_HELP
 from .options import check_option
 
 SESSION_SUFFIX = ".cs-session"  # as core.session.SESSION_SUFFIX (not imported: keeps --help fast)
@@ -21,8 +22,8 @@ def add_parser(sub) -> None:
                                    'Lines {"prompt": ..., "slug": ..., "targets": [...]}) and write circuit-tracer '
                                    "graph files with graph-metadata.json and a batch-summary.json table, and/or put "
                                    "the graphs into a session. A re-run skips the prompts already done.")
-    p.add_argument("--model", required=True, help="local HuggingFace model folder (or a cached repo id)")
-    p.add_argument("--transcoders", required=True, type=Path, help="transcoder folder (config.yaml + weights)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--transcoders", required=True, help=TRANSCODERS_HELP)
     p.add_argument("--prompts", required=True, type=Path, help="prompt file: one per line, or JSON Lines")
     p.add_argument("--out", required=True, type=Path,
                    help=f"folder for the graph files, or a session file (*{SESSION_SUFFIX}: its graphs folder "

@@ -77,7 +77,14 @@ class Analysis:
         self.pruner = Pruner(graph)
         self._node_threshold = node_threshold
         self._edge_threshold = edge_threshold
-        self._pruned: PruneResult = self.pruner.prune(node_threshold, edge_threshold)
+        self.imported = bool(graph.provenance.get("imported"))  # read from a graph JSON: read-only
+        if self.imported:  # only the file's nodes and links are known: its own pruning, thresholds fixed
+            from .graph_import import imported_pruning
+
+            self._pruned: PruneResult = imported_pruning(graph)
+            self._node_threshold, self._edge_threshold = self._pruned.node_threshold, self._pruned.edge_threshold
+        else:
+            self._pruned = self.pruner.prune(node_threshold, edge_threshold)
         self.selected: int | None = None
         self.pinned: list[int] = []
         self.supernodes: list[Supernode] = []
@@ -113,7 +120,8 @@ class Analysis:
 
     def restore(self, state: AnalysisState) -> None:
         """Put a snapshot back (no before-change notice: restoring is not itself a change to undo)."""
-        if (state.node_threshold, state.edge_threshold) != (self._node_threshold, self._edge_threshold):
+        if (state.node_threshold, state.edge_threshold) != (self._node_threshold, self._edge_threshold) \
+                and not self.imported:
             self._pruned = self.pruner.prune(state.node_threshold, state.edge_threshold)
             self._node_threshold, self._edge_threshold = state.node_threshold, state.edge_threshold
             self._emit(Aspect.PRUNING)
@@ -137,8 +145,8 @@ class Analysis:
         return self._pruned
 
     def set_thresholds(self, node_threshold: float, edge_threshold: float) -> None:
-        if (node_threshold, edge_threshold) == (self._node_threshold, self._edge_threshold):
-            return
+        if (node_threshold, edge_threshold) == (self._node_threshold, self._edge_threshold) or self.imported:
+            return  # an imported graph keeps its file's pruning (the pruned-away part is unknown)
         self._will_change("Change thresholds")
         self._pruned = self.pruner.prune(node_threshold, edge_threshold)
         self._node_threshold, self._edge_threshold = node_threshold, edge_threshold

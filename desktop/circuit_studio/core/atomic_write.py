@@ -271,7 +271,8 @@ def _failed_target(e: BaseException, temporaries: dict[Path, Path], targets: lis
     for target, tmp in temporaries.items():
         if str(tmp) in names or str(target) in names:
             return target
-    return targets[0] if len(targets) == 1 else " and ".join(map(str, targets))
+    names = [str(t) for t in targets]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def write_text_atomic(path: Path | str, text: str, *, error: ErrorFn = output_error) -> None:

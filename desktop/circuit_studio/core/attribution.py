@@ -130,31 +130,21 @@ class _EdgeRows:
         dev = self.backward.device
         active = p0.active.cpu()
         values = p0.values.float()
-        nodes, starts, vectors = [], [], {}
+        nodes, starts, features = [], [], {}
         for src in range(L):
             c0, c1, _ = self.layer_columns.get(src, (0, 0, []))
-            pos = active[c0:c1, 1].numpy()
-            counts = np.bincount(pos, minlength=P)
-            st = np.concatenate([[0], np.cumsum(counts + 1)]).astype(np.int64)  # + the error node per position
-            first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            feat_slots = st[pos] + (np.arange(c1 - c0) - first[pos])
-            err_slots = st[1:] - 1
-            col = np.empty(int(st[-1]), dtype=np.int64)
-            col[feat_slots] = np.arange(c0, c1)
-            col[err_slots] = self.n_active + src * P + np.arange(P)
-            nodes.append(col)
-            starts.append(tuple(int(x) for x in st))
-            fs, es = torch.from_numpy(feat_slots).to(dev), torch.from_numpy(err_slots).to(dev)
+            counts = np.bincount(active[c0:c1, 1].numpy(), minlength=P)
+            nodes.append(np.arange(c0, c1, dtype=np.int64))
+            starts.append(tuple(int(x) for x in np.concatenate([[0], np.cumsum(counts)])))
+            if c1 == c0:
+                continue
             feat = active[c0:c1, 2].to(dev)
             scale = values[c0:c1, None].to(dev)
             for dst in (range(src, L) if tc.is_clt else (src,)):
-                v = torch.zeros(col.size, p0.errors.shape[-1], device=dev, dtype=torch.float32)
-                if c1 > c0:
-                    v[fs] = tc.decoder_rows(src, feat, dst).float() * scale
-                if dst == src:
-                    v[es] = p0.errors[src].to(dev, torch.float32)
-                vectors[src, dst] = v
-        return SourceLayout(nodes=tuple(nodes), starts=tuple(starts), vectors=vectors,
+                features[src, dst] = tc.decoder_rows(src, feat, dst).float() * scale
+        errors = self.n_active + np.arange(L * P, dtype=np.int64).reshape(L, P)
+        return SourceLayout(feature_nodes=tuple(nodes), feature_starts=tuple(starts), features=features,
+                            error_nodes=tuple(errors), errors=p0.errors.float(),
                             token_nodes=self.n_active + L * P + np.arange(P), tokens=p0.clean.token_vectors)
 
 
@@ -176,7 +166,7 @@ class _BlockSink:
         self._pending.clear()
 
         def block(s: int, n: int) -> torch.Tensor:
-            cols = self.layout.token_nodes[:n_pos] if s < 0 else self.layout.nodes[s][:self.layout.starts[s][n_pos]]
+            cols = self.layout.columns(s, n_pos)
             rows = row_ids[:n]
             if self.matrix is None:
                 values = np.empty((cols.size, n), dtype=np.float32)
@@ -194,8 +184,12 @@ class _BlockSink:
 
     def flush(self) -> None:
         for rows, cols, values in self._pending:
-            r = torch.from_numpy(rows)[:, None]
-            self.matrix[r, torch.from_numpy(cols)[None, :]] = values.T
+            r = torch.from_numpy(rows)
+            # a block's columns are a few contiguous runs (features, errors): copy each as a slab of rows
+            cuts = (np.flatnonzero(np.diff(cols) != 1) + 1).tolist()
+            for a, b in zip([0] + cuts, cuts + [cols.size]):
+                c = int(cols[a])
+                self.matrix[r, c: c + b - a] = values[a:b].T
         self._pending.clear()
 
 
@@ -231,21 +225,33 @@ def _run_rows(engine: PackedBackward, sink: _BlockSink, layers: np.ndarray, posi
 
 
 def _partial_influences(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor,
-                        n_cols: int, max_iter: int = 128) -> torch.Tensor:
+                        n_cols: int, max_iter: int = 128, chunk: int = 512) -> torch.Tensor:
     """circuit-tracer's influence estimate from the rows computed so far (spec §3.4).
 
-    rows [R, n_cols + K] with the K logit columns last; row_nodes [R] maps each row to its column."""
-    m = rows.abs()
-    m /= m.sum(1, keepdim=True).clamp(min=1e-8)
-    prod = torch.zeros(rows.shape[1])
-    prod[-logit_probs.shape[0]:] = logit_probs
-    influence = torch.zeros(rows.shape[1])
+    rows [R, n_cols + K] with the K logit columns last; row_nodes [R] maps each row to its column.
+    With M = |rows| / (row sums) and prod_1 = w, prod_{k+1} = prod_k[row_nodes] @ M, the influence is
+    Σ_k prod_{k+1} = (Σ_k u_k) @ M where u_k = prod_k[row_nodes]; u_{k+1} = u_k @ M[:, row_nodes].
+    So the series runs on the R x R part and the full matrix is read twice (row sums, last product),
+    a chunk of rows at a time, instead of once per step with a normalised copy of it."""
+    R, C = rows.shape
+    sums = torch.linalg.vector_norm(rows, ord=1, dim=1).clamp_(min=1e-8)
+    square = rows[:, row_nodes].abs_().div_(sums[:, None])  # [R, R]
+    start = torch.zeros(C)
+    start[-logit_probs.shape[0]:] = logit_probs
+    u = start[row_nodes]
+    total = torch.zeros(R)
     for _ in range(max_iter):
-        prod = prod[row_nodes] @ m
-        if not prod.any():
-            return influence[:n_cols]
-        influence += prod
-    raise RuntimeError("partial influences did not converge: the rows do not form a DAG")
+        total += u
+        u = u @ square
+        if not u.any():
+            break
+    else:
+        raise RuntimeError("partial influences did not converge: the rows do not form a DAG")
+    weight = total / sums
+    influence = torch.zeros(C)
+    for i in range(0, R, chunk):
+        influence += weight[i: i + chunk] @ rows[i: i + chunk].abs()
+    return influence[:n_cols]
 
 
 def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, transcoders: TranscoderSet,
@@ -369,12 +375,11 @@ def _blocks_from_rows(p0: _Phase0, matrix: torch.Tensor, row_nodes: torch.Tensor
     rank[sel] = np.arange(n_sel)
     # active coordinates -> node coordinates (features not selected drop out)
     to_node = np.concatenate([rank, n_sel + np.arange(L * P + P)])
-    kept_cols, kept_starts = [], []
+    kept = []  # per source layer: its selected features (active ids) and where each position's begin
     for s in range(L):
-        cols = layout.nodes[s]
-        keep = to_node[cols] >= 0
-        kept_cols.append(cols[keep])
-        kept_starts.append(np.concatenate([[0], np.cumsum(keep)])[list(layout.starts[s])])
+        f = layout.feature_nodes[s]
+        keep = rank[f] >= 0
+        kept.append((f[keep], np.concatenate([[0], np.cumsum(keep)])[list(layout.feature_starts[s])]))
     slot = np.empty(n_active, dtype=np.int64)
     slot[row_nodes[K:].numpy()] = np.arange(K, row_nodes.shape[0])
     active = p0.active.cpu().numpy()
@@ -386,7 +391,11 @@ def _blocks_from_rows(p0: _Phase0, matrix: torch.Tensor, row_nodes: torch.Tensor
             n = int(np.count_nonzero(row_layers > s))
             if n == 0:
                 continue
-            cols = layout.token_nodes[:n_pos] if s < 0 else kept_cols[s][:kept_starts[s][n_pos]]
+            if s < 0:
+                cols = layout.token_nodes[:n_pos]
+            else:
+                f, st = kept[s]
+                cols = np.concatenate([f[:st[n_pos]], layout.error_nodes[s][:n_pos]])
             values = matrix[rs[:n]][:, torch.from_numpy(cols)].T.contiguous().numpy()
             blocks.append(Block(rows_nodes[:n], to_node[cols], values))
 

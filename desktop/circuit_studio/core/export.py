@@ -16,7 +16,7 @@ Matching the reference, field for field and in the same order:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +82,10 @@ def _node_record(graph: AttributionGraph, node: int, node_id: str, influence: fl
 
 
 def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, node_threshold: float | None = None,
-                  scan: str | None = None, transcoder_list: Sequence[str] = (),
-                  tokenizer_decode: TokenDecoder | None = None) -> dict:
+                  scan: str | None = None, transcoder_list: Sequence[str] | None = None,
+                  tokenizer_decode: TokenDecoder | None = None, pinned: Sequence[int] = (),
+                  supernodes: Sequence[tuple[str, Sequence[int]]] = (),
+                  clerps: Mapping[tuple[int, int], str] | None = None) -> dict:
     """The `<slug>.json` document for `graph` pruned as `result`.
 
     scan: transcoder-set identifier (default `graph.transcoder_name`). node_threshold: recorded in
@@ -91,6 +93,11 @@ def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, no
     as the reference does (each prompt token alone, and the whole prompt for `prompt`); without it
     `graph.token_strings` and `graph.prompt` are used. Logit labels come from `graph.logit_tokens`,
     which is what circuit-tracer stores in its logit targets.
+
+    The analysis (empty in circuit-tracer's own output; see `analysis_options`): `pinned` node indices
+    become `qParams.pinnedIds`, `supernodes` (name, member node indices) `qParams.supernodes` as
+    `[name, id, id, ...]`, and `clerps` ((layer, feature) -> label) the feature nodes' `clerp`.
+    An imported graph (`core.graph_import`) keeps its file's `transcoder_list` unless one is given.
     """
     if result.node_mask.shape != (graph.n_nodes,):
         raise ValueError(f"The pruning result has {result.node_mask.shape[0]} nodes, the graph {graph.n_nodes}.")
@@ -107,6 +114,13 @@ def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, no
     listed = np.flatnonzero(result.node_mask & touched).tolist()
     cumulative = result.cumulative_scores
     nodes = [_node_record(graph, n, ids[n], float(cumulative[n])) for n in listed]
+    if clerps:
+        for rec, n in zip(nodes, listed):
+            if n < graph.error_offset:
+                layer, _, feat, _ = graph.feature_of(n)
+                rec["clerp"] = clerps.get((layer, feat), "")
+    if transcoder_list is None:
+        transcoder_list = (graph.provenance.get("imported") or {}).get("metadata", {}).get("transcoder_list") or ()
 
     tokens = graph.input_tokens.tolist()
     if tokenizer_decode is not None:
@@ -123,8 +137,18 @@ def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, no
         "node_threshold": float(result.node_threshold if node_threshold is None else node_threshold),
         "schema_version": SCHEMA_VERSION,
     }
-    q_params = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+    q_params = {"pinnedIds": [ids[n] for n in pinned],
+                "supernodes": [[str(name), *(ids[m] for m in members)] for name, members in supernodes],
+                "linkType": "both", "clickedId": "", "sg_pos": ""}
     return {"metadata": metadata, "qParams": q_params, "nodes": nodes, "links": links}
+
+
+def analysis_options(analysis) -> dict:
+    """`frontend_json` keyword arguments carrying an `core.analysis.Analysis`'s pins, supernodes and
+    (user-given) feature labels."""
+    return {"pinned": list(analysis.pinned),
+            "supernodes": [(s.name, s.members) for s in analysis.supernodes],
+            "clerps": dict(analysis.labels)}
 
 
 def _check_slug(slug: str) -> None:
@@ -160,14 +184,23 @@ def write_graph_files(folder: str | Path, graph: AttributionGraph, result: Prune
         raise graph_write_error(e, folder) from e
     path, index_path = folder / f"{slug}.json", folder / INDEX_FILE
     doc = frontend_json(graph, result, slug=slug, **options)
+    index = updated_index_text(index_path, doc["metadata"])
+    with replace_all_or_none([path, index_path], error=graph_write_error) as (tmp, tmp_index):
+        tmp.write_text(dump_frontend_json(doc), encoding="utf-8")
+        tmp_index.write_text(index, encoding="utf-8")
+    return path
+
+
+def updated_index_text(index_path: str | Path, metadata: dict) -> str:
+    """The text of the `graph-metadata.json` at `index_path` (`{"graphs": [metadata, ...]}`) with
+    `metadata` added, replacing the entry of the same slug, as `create_graph_files` does. Raises
+    GraphFileError when the file exists but is no index."""
+    index_path = Path(index_path)
     try:
         index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {"graphs": []}
-        graphs = [g for g in index.get("graphs", []) if g.get("slug") != slug]
+        graphs = [g for g in index.get("graphs", []) if g.get("slug") != metadata["slug"]]
     except (OSError, ValueError, AttributeError) as e:
         raise GraphFileError(f"{index_path} exists but is not a graph index ({e}).",
                              "Move it away or choose another folder.") from e
-    index["graphs"] = graphs + [doc["metadata"]]
-    with replace_all_or_none([path, index_path], error=graph_write_error) as (tmp, tmp_index):
-        tmp.write_text(dump_frontend_json(doc), encoding="utf-8")
-        tmp_index.write_text(json.dumps(index, indent=2, ensure_ascii=False), encoding="utf-8")
-    return path
+    index["graphs"] = graphs + [metadata]
+    return json.dumps(index, indent=2, ensure_ascii=False)

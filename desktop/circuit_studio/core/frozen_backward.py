@@ -194,23 +194,31 @@ def flush_subnormals() -> bool:
 
 @dataclass(frozen=True, eq=False)
 class SourceLayout:
-    """The source columns of each layer in the order the backward pass writes them, and the vectors
-    they are dotted with.
+    """The sources of direct effects, per source layer s, in the order the blocks hold them.
 
-    Layer s's columns run by position q: its sources' features at q, then its error node at q.
-    `starts[s][q]` is where position q begins (`starts[s][P]` = all of them), so a batch whose last
-    position is P'-1 writes exactly the first `starts[s][P']` columns. `vectors[src, out]` [n_src, d]
-    holds, for that order, each column's vector at write layer `out`: a feature's activation x its
-    decoder row (its slot for `out`, for a cross-layer set), an error node's error vector (only
-    where src == out; zero rows otherwise). `nodes[s]` are the columns' ids, `token_nodes` [P] and
-    `tokens` [P, d] the token sources.
+    Layer s's features run by position (then feature): `feature_starts[s][q]` is the first one at
+    position q (`feature_starts[s][P]` = all of them), `feature_nodes[s]` their column ids, and
+    `features[src, out]` [n_src, d] each one's vector at write layer `out` (activation x decoder row,
+    the slot for `out` in a cross-layer set). Layer s's error nodes (`error_nodes[s]` [P], vectors
+    `errors[s]` [P, d]) follow its features. A batch whose last position is P'-1 writes, for layer s,
+    the columns `columns(s, P')`: its features at positions < P', then its errors at positions < P'.
+    `token_nodes` [P] and `tokens` [P, d] are the token sources.
     """
 
-    nodes: tuple[np.ndarray, ...]
-    starts: tuple[tuple[int, ...], ...]
-    vectors: dict[tuple[int, int], torch.Tensor]
+    feature_nodes: tuple[np.ndarray, ...]
+    feature_starts: tuple[tuple[int, ...], ...]
+    features: dict[tuple[int, int], torch.Tensor]
+    error_nodes: tuple[np.ndarray, ...]
+    errors: torch.Tensor
     token_nodes: np.ndarray
     tokens: torch.Tensor
+
+    def columns(self, layer: int, n_pos: int) -> np.ndarray:
+        """Column ids of a block of source layer `layer` (-1: the tokens) for a batch of P' = n_pos."""
+        if layer < 0:
+            return self.token_nodes[:n_pos]
+        return np.concatenate([self.feature_nodes[layer][:self.feature_starts[layer][n_pos]],
+                               self.error_nodes[layer][:n_pos]])
 
 
 @dataclass(frozen=True)
@@ -304,8 +312,8 @@ class PackedBackward:
 
     `run(batch, block)` calls `block(s, n_rows)` once per source layer s that the batch reaches
     (s = -1: the tokens) and writes the batch's edges into the tensor it returns: float32
-    [starts[s][P'] (or P' for tokens), n_rows], rows in the batch's order (the first n_rows of it are
-    the rows started above s). `macs` counts the multiply-adds done.
+    [len(layout.columns(s, P')), n_rows], rows in the batch's order (the first n_rows of it are the
+    rows started above s). `macs` counts the multiply-adds done.
     """
 
     def __init__(self, fb: FrozenBackward, clean: CleanRun, layout: SourceLayout, max_row_positions: int) -> None:
@@ -345,17 +353,23 @@ class PackedBackward:
                 self.skip[s] = m.to(dt).contiguous()
             self.sigma = sig.to(dt)
         # edge vectors at each write layer, with the write point's frozen norm folded in per position
-        self.vectors: dict[tuple[int, int], torch.Tensor] = {}
-        for (src, out), v in layout.vectors.items():
+        def fold(v: torch.Tensor, out: int, pos: np.ndarray) -> torch.Tensor:
             v = v.to(device=dev, dtype=torch.float32)
             norm = post[out]
             if norm is not None:
                 if norm.kind == "layer":
                     v = v - v.mean(1, keepdim=True)
-                pos = np.repeat(np.arange(len(layout.starts[src]) - 1), np.diff(layout.starts[src]))
                 scale = clean.post_mlp_scales[out, :, 0].to(dev, torch.float32)[torch.from_numpy(pos).to(dev)]
                 v = v * norm.gain.to(dev)[None, :] * scale[:, None]
-            self.vectors[src, out] = v.to(dt).contiguous()
+            return v.to(dt).contiguous()
+
+        self.features: dict[tuple[int, int], torch.Tensor] = {}
+        for (src, out), v in layout.features.items():
+            st = layout.feature_starts[src]
+            self.features[src, out] = fold(v, out, np.repeat(np.arange(len(st) - 1), np.diff(st)))
+        P = layout.errors.shape[1]
+        self.errors = [fold(layout.errors[s], s, np.arange(P)) for s in range(L)]
+        self._padded: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.tokens = layout.tokens.to(device=dev, dtype=dt).contiguous()
         self.macs = 0
         self._buffers: dict[str, torch.Tensor] = {}
@@ -430,26 +444,64 @@ class PackedBackward:
             if work is not dest:
                 dest.copy_(work)
 
+    # below this many rows an edge step is one batched product over positions (features padded to the
+    # most any position has) instead of one product per position: fewer, bigger calls
+    EDGE_BMM_BELOW = 64
+
+    def _padded_features(self, src: int, out: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors [P, W, d] with each position's features padded to W rows, index [n_src] of each feature
+        in the flattened [P * W]) for the batched edge step."""
+        key = (src, out)
+        if key not in self._padded:
+            st = np.asarray(self.layout.feature_starts[src])
+            counts = np.diff(st)
+            W = max(1, int(counts.max(initial=0)))
+            pos = np.repeat(np.arange(counts.size), counts)
+            flat = pos * W + (np.arange(st[-1]) - st[pos])
+            vec = self.features[key]
+            pad = torch.zeros(counts.size * W, vec.shape[1], device=self.device, dtype=self.dtype)
+            idx = torch.from_numpy(flat).to(self.device)
+            pad[idx] = vec
+            self._padded[key] = (pad.view(counts.size, W, -1), idx)
+        return self._padded[key]
+
     def _edges(self, s: int, G: torch.Tensor, n: int, Pb: int, outs) -> None:
         """Edge products at write layer s for the n started rows: every source written at s."""
-        starts = self.layout.starts
-        for src in (range(s + 1) if self.tc.is_clt else (s,)):
-            vec = self.vectors.get((src, s))
-            if vec is None or src not in outs:
+        d = self.arch.d_model
+        clt = self.tc.is_clt
+        g_t = G[:n].permute(1, 2, 0)  # [P', d, n]: position q's rows as a strided [d, n] matrix
+        for src in (range(s + 1) if clt else (s,)):
+            if src not in outs:
                 continue
             work = outs[src][1]
-            st = starts[src]
-            accumulate = self.tc.is_clt
-            for q in range(Pb):
-                c0, c1 = st[q], st[q + 1]
-                if c1 == c0:
-                    continue
-                gq = G[:n, q].T  # [d, n], a strided view
-                if accumulate:
-                    work[c0:c1, :n].addmm_(vec[c0:c1], gq)
+            st = self.layout.feature_starts[src]
+            F = st[Pb]
+            vec = self.features.get((src, s))
+            if vec is not None and F:
+                if n >= self.EDGE_BMM_BELOW:
+                    for q in range(Pb):
+                        c0, c1 = st[q], st[q + 1]
+                        if c1 == c0:
+                            continue
+                        gq = G[:n, q].T  # [d, n], strided
+                        if clt:
+                            work[c0:c1, :n].addmm_(vec[c0:c1], gq)
+                        else:
+                            torch.mm(vec[c0:c1], gq, out=work[c0:c1])
+                    self.macs += F * n * d
                 else:
-                    torch.mm(vec[c0:c1], gq, out=work[c0:c1])
-            self.macs += (st[Pb]) * n * self.arch.d_model
+                    pad, idx = self._padded_features(src, s)
+                    W = pad.shape[1]
+                    tmp = torch.bmm(pad[:Pb], g_t, out=self._buffer("edges", Pb * W * n).view(Pb, W, n))
+                    flat = tmp.view(Pb * W, n)
+                    if clt:
+                        work[:F, :n].add_(flat[idx[:F]])
+                    else:
+                        torch.index_select(flat, 0, idx[:F], out=work[:F])
+                    self.macs += Pb * W * n * d
+            if src == s:  # this layer's error nodes, all positions in one batched product
+                torch.bmm(self.errors[s][:Pb, None, :], g_t, out=work[F:F + Pb].view(Pb, 1, n))
+                self.macs += Pb * n * d
 
     def _attention(self, s: int, G: torch.Tensor, n: int, n_new: int, Pb: int, positions: torch.Tensor) -> None:
         """G[:n] += attention^T of the started rows (all positions); rows [n, n + n_new) hold their

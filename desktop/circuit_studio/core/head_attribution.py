@@ -205,6 +205,19 @@ class HeadAnalysis:
     def n_sources(self) -> int:
         return self.graph.logit_offset
 
+    @property
+    def n_heads(self) -> int:
+        return int(self.bundle.arch.layers[0].n_heads)
+
+    def pattern(self, layer: int, head: int) -> np.ndarray:
+        """The clean (frozen) attention pattern of `head` at `layer`: float32 [P, P], query rows, key columns."""
+        pats = self._clean.patterns
+        if not 0 <= layer < len(pats):
+            raise ValueError(f"layer {layer} is outside 0..{len(pats) - 1}")
+        if not 0 <= head < pats[layer].shape[0]:
+            raise ValueError(f"head {head} is outside 0..{pats[layer].shape[0] - 1}")
+        return pats[layer][head].detach().float().cpu().numpy().copy()
+
     # ---- edges split by head ----
     def split_layers(self, target: int) -> range:
         """The attention layers a path from a source to `target` can pass."""

@@ -18,8 +18,12 @@ What is counted (bytes of the dtype each part is held in):
   whole set is moved there.
 * attribution: the active features' encoder and decoder rows, the clean forward pass (feature
   activations [L, P, F], residual reads/writes/errors, attention patterns [L, H, P, P], logits),
-  one frozen-backward batch, and the graph itself: the rows buffer and the float32 adjacency
-  matrix [N, N] with N = selected features + L*P error nodes + P token nodes + K logits.
+  one frozen-backward batch (`ROW_POSITIONS` x d per buffer), and the graph itself. The adjacency is
+  held in blocks of the entries that can be non-zero (`core.adjacency`): a feature row at (layer l,
+  position p) has one per feature and error of layers < l at positions <= p and per token at
+  positions <= p (`allowed_entries`), a logit row one per source. With a feature budget the rows
+  are first gathered over every active feature ([K + budget, n_cols + K], the frontier's matrix).
+  Pruning's working set is counted as half the blocks (it holds the kept part of them, with sort keys).
 
 Active features per layer and token are not known before the forward pass: the plan takes the
 transcoders' k for Top-K sets, else `RunSize.active_per_token` (default 64, a typical JumpReLU L0).
@@ -39,9 +43,11 @@ from .errors import ModelLoadError
 GiB = 1 << 30
 DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 DEFAULT_ACTIVE_PER_TOKEN = 64
-# live [B, P, d] tensors in one frozen-backward batch: gradient, injection, write/read gradients,
-# the mid-block gradient, attention heads and values, and the result being built
-BACKWARD_TENSORS = 8
+# [row-positions, d] buffers of one packed frozen-backward batch: the state, attention heads, mixed
+# heads, the skip product and the injected rows' outer products
+BACKWARD_TENSORS = 5
+ROW_POSITIONS = 8192  # the least row-positions a batch holds (attribution.MIN_ROW_POSITIONS)
+PRUNING_SHARE = 0.5  # pruning's working set, as a share of the adjacency blocks
 # use at most this share of what is free: allocator fragmentation, temporaries, the rest of the app
 HEADROOM = 0.9
 RAM, GPU = "RAM", "GPU memory"
@@ -210,8 +216,21 @@ def transcoder_resident_bytes(tc: Any) -> int:
 
 
 def active_features(tc: Any, run: RunSize) -> int:
+    return tc.n_layers * run.n_tokens * _per_token(tc, run)
+
+
+def _per_token(tc: Any, run: RunSize) -> int:
     per_token = run.active_per_token or getattr(tc, "k", None) or DEFAULT_ACTIVE_PER_TOKEN
-    return tc.n_layers * run.n_tokens * min(int(per_token), tc.n_features)
+    return min(int(per_token), tc.n_features)
+
+
+def allowed_entries(n_layers: int, n_tokens: int, per_token: int) -> int:
+    """Adjacency entries the feature rows can have, with `per_token` active features per layer at every
+    position but BOS: a row at (l, p) has a * p feature, p + 1 error (layers < l) and p + 1 token sources."""
+    L, P, a = n_layers, n_tokens, per_token
+    s1 = P * (P - 1) // 2  # sum of p over p = 1 .. P-1
+    s2 = s1 + P - 1  # sum of p + 1
+    return a * (L * (L - 1) // 2 * (a * s1 + s2) + L * s2)
 
 
 # ---- the plan ----
@@ -253,11 +272,20 @@ def _parts(model: Any, tc: Any, device: str, dtype: str, offload: str | None,
                    + P * model.vocab_size * 4)
         parts.append(Part("forward pass", forward, on,
                           f"activations [L, P, F], attention patterns and logits for {P} tokens"))
-        backward = B * P * d * cb * BACKWARD_TENSORS + B * n_cols * 4
+        backward = max(B * P, ROW_POSITIONS) * d * cb * BACKWARD_TENSORS + B * n_cols * 4
         parts.append(Part("backward batches", backward, on, f"batch size {B}"))
-        graph = ((K + selected) * (n_cols + K) + n_nodes * n_nodes + selected * n_nodes) * 4
-        parts.append(Part("graph", graph, RAM,
-                          f"float32 adjacency matrix {n_nodes:,} x {n_nodes:,} and the rows buffer"))
+        entries = allowed_entries(L, P, _per_token(tc, run))
+        if selected >= n_active:  # every feature: rows written straight into the blocks
+            blocks = entries + K * n_cols
+            graph = int(blocks * 4 * (1 + PRUNING_SHARE))
+            detail = f"adjacency blocks, {blocks:,} float32 entries of {n_nodes:,}² (and pruning's working set)"
+        else:  # the frontier's rows over every active feature, then the selected rows' blocks
+            share = entries / max(1, n_active * n_cols)
+            blocks = int(selected * (selected + L * P + P) * share) + K * (n_nodes - K)
+            graph = int(((K + selected) * (n_cols + K) + (K + selected) ** 2 + blocks * (1 + PRUNING_SHARE)) * 4)
+            detail = (f"rows buffer {K + selected:,} x {n_cols + K:,} and adjacency blocks of "
+                      f"~{blocks:,} entries (and pruning's working set)")
+        parts.append(Part("graph", graph, RAM, detail))
     return tuple(parts), n_active, n_nodes
 
 
@@ -320,8 +348,9 @@ def _explain(plan: MemoryPlan, where: str, model: Any, tc: Any, run: RunSize | N
             budget = _largest_budget(selected, free, lambda b: need_with(
                 **others, run=dataclasses.replace(everything, max_feature_nodes=b))) or _MIN_BUDGET
         saved = need - need_with(run=dataclasses.replace(run, max_feature_nodes=budget))
-        options.append((saved, f"--max-feature-nodes {budget}", {}))
-        everything = dataclasses.replace(everything, max_feature_nodes=budget)
+        if saved > 0:  # (a big budget can cost more than none: its rows span every active feature)
+            options.append((saved, f"--max-feature-nodes {budget}", {}))
+            everything = dataclasses.replace(everything, max_feature_nodes=budget)
     worth = max(1, min(_WORTH_SAYING, need // 100))
     useful = sorted((o for o in options if o[0] >= worth), key=lambda o: -o[0])
     if not useful:

@@ -6,9 +6,12 @@ written from it (`record`):
 
 * `rows`: one `SteeringRow` per intervened item: a feature node (`add_node`, `add_selected`), every
   pinned node and supernode (`add_pinned`), or a feature typed by layer and index (`add_feature`). A
-  row holds a **multiple m of each target's base**: 0 ablates, 1 leaves it alone, −2 … `top`, where
-  `top` × activation reaches about twice the feature index's largest activation (10× without an
-  index). The base is the target's activation on this prompt, or, for a typed feature not active here,
+  row holds a **multiple m of each target's base**: 0 ablates, 1 leaves it alone; the slider runs
+  0 … `top` (its left end ablates), where `top` × activation reaches about twice the feature index's
+  largest activation (10× without an index), and typing reaches −`top` (a flipped feature). A row of
+  one feature can also be typed and shown by **value** (`entry` "value", `set_value`): the activation
+  itself, e.g. 3.44, stored as the multiple 3.44 / base; text says which it is ("x1.5", "1.5×" a
+  multiple, "=3.44" a value; a bare number follows the row's `entry`). The base is the target's activation on this prompt, or, for a typed feature not active here,
   its index maximum (Neuronpedia's convention) or 1 (then the multiple is the absolute value);
 * a position mode per row: "token" (the node's own position) or "all" (an open-ended slice from the
   first real token, which also applies to the generated tokens);
@@ -228,8 +231,8 @@ class Steering:
     def range_note(self, row: SteeringRow) -> str:
         """The row's tooltip: its detail and its range."""
         _, how = self.top_for(row.targets)
-        return (f"{html.escape(row.name)}<br>{row.detail}<br>Slider: {fmt_multiple(row.low)} … "
-                f"{fmt_multiple(row.high)} ({how})")
+        return (f"{html.escape(row.name)}<br>{row.detail}<br>Slider: {fmt_multiple(row.low)} (ablate) … "
+                f"{fmt_multiple(row.high)}× ({how}); type down to {fmt_multiple(row.typed_low)}× to flip it")
 
     # ---- adding rows ----
     def _target_of(self, node: int) -> Target:
@@ -363,29 +366,77 @@ class Steering:
         self.rows = self.rows[:index] + (row,) + self.rows[index + 1:]
 
     @staticmethod
-    def parse_multiple(row: SteeringRow, m: float | str) -> float:
-        """`m` (a number, or text like "0.5" or "2x") as a multiple within the row's range."""
+    def parse_multiple(row: SteeringRow, m: float | str, entry: str | None = None) -> float:
+        """`m` as a multiple within the row's typed range (-top … top). A number is read as the row's `entry`
+        says (a multiple, or with entry "value" an activation); text can say which: "x1.5", "1.5x", "1.5×"
+        are multiples, "=3.44" is an activation."""
+        entry = row.entry if entry is None else entry
+        text = str(m).strip() if isinstance(m, str) else None
+        if text is not None:
+            if text[:1] in "xX×*" and text[:1]:
+                text, entry = text[1:].strip(), "multiple"
+            elif text[-1:] in ("x", "X", "×"):
+                text, entry = text[:-1].strip(), "multiple"
+            elif text.startswith("="):
+                text, entry = text[1:].strip(), "value"
+            text = text.replace("−", "-")
         try:
-            value = float(str(m).strip().rstrip("x×").strip()) if isinstance(m, str) else float(m)
+            value = float(text) if text is not None else float(m)
         except (TypeError, ValueError):
-            raise SteeringError(f"{str(m)!r} is not a number: type a multiple of the activation, e.g. 0 to ablate, "
-                                "1 to leave it, 2 to double it, −1 to flip it.") from None
+            raise SteeringError(f"{str(m)!r} is not a number: type a multiple of the activation (x0 ablates, x1 "
+                                "leaves it, x2 doubles it, x-1 flips it) or an activation (=3.44).") from None
         if not math.isfinite(value):
-            raise SteeringError(f"{m!r} is not a finite number: type a multiple between {fmt_multiple(row.low)} and "
-                                f"{fmt_multiple(row.high)}.")
-        if not row.low <= value <= row.high:
-            raise SteeringError(f"{fmt_multiple(value)} is outside this row's range {fmt_multiple(row.low)} … "
+            raise SteeringError(f"{m!r} is not a finite number: type a multiple between {fmt_multiple(row.typed_low)} "
+                                f"and {fmt_multiple(row.high)}.")
+        if entry == "value":
+            base = row.value_base
+            if base is None:
+                raise SteeringError(f"{row.name} sets {len(row.targets)} features with different activations: type a "
+                                    "multiple (e.g. x1.5) for it, not one activation.")
+            activation, value = value, value / base
+            if not row.typed_low <= value <= row.high:
+                lo, hi = sorted((row.typed_low * base, row.high * base))
+                raise SteeringError(f"Activation {fmt(activation)} is outside this row's range {fmt(lo)} … {fmt(hi)} "
+                                    f"({fmt_multiple(row.typed_low)}× … {fmt_multiple(row.high)}× of {fmt(base)}).")
+            return value
+        if not row.typed_low <= value <= row.high:
+            raise SteeringError(f"{fmt_multiple(value)} is outside this row's range {fmt_multiple(row.typed_low)} … "
                                 f"{fmt_multiple(row.high)} (the top is {INDEX_HEADROOM:g}× the feature's largest "
                                 f"activation in the index, or {DEFAULT_TOP:g}× without one).")
         return value
 
     def set_multiple(self, index: int, m: float | str) -> None:
+        """Row `index`'s multiple: a number (a multiple), or text as `parse_multiple` reads it."""
         r = self._row(index)
-        value = self.parse_multiple(r, m)
+        value = self.parse_multiple(r, m, None if isinstance(m, str) else "multiple")
         if value == r.multiple:
             return
         self._will_change(f"Steer {r.name}")
         self._replace_row(index, replace(r, multiple=value))
+        self._changed(RowChanged(index))
+
+    def set_value(self, index: int, activation: float | str) -> None:
+        """Set row `index`'s feature to this activation (the multiple becomes activation / base)."""
+        r = self._row(index)
+        text = activation if isinstance(activation, str) else repr(float(activation))
+        value = self.parse_multiple(r, text, "value")
+        if value == r.multiple:
+            return
+        self._will_change(f"Steer {r.name}")
+        self._replace_row(index, replace(r, multiple=value))
+        self._changed(RowChanged(index))
+
+    def set_entry(self, index: int, entry: str) -> None:
+        """How row `index` is typed and shown: "multiple" or "value" (an activation; rows of one feature)."""
+        r = self._row(index)
+        if entry not in ("multiple", "value"):
+            raise SteeringError(f"Entry {entry!r} is not one of \"multiple\" and \"value\".")
+        if entry == "value" and r.value_base is None:
+            raise SteeringError(f"{r.name} sets {len(r.targets)} features with different activations: it is set by "
+                                "a multiple of each one's own.")
+        if entry == r.entry:
+            return
+        self._replace_row(index, replace(r, entry=entry))
         self._changed(RowChanged(index))
 
     def set_mode(self, index: int, mode: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .display_text import show_token as running_token, token_label
 
-MULTIPLE_MIN = -2.0  # the bottom of every row's range: twice the activation, negated
+MULTIPLE_MIN = 0.0  # the slider's left end: 0 ablates (negative multiples are typed, down to -top)
 DEFAULT_TOP = 10.0  # the top without a feature index
 INDEX_HEADROOM = 2.0  # with an index, the top reaches this times the feature's largest activation there
 MAX_MULTIPLE = 1000.0
@@ -64,10 +64,31 @@ class SteeringRow:
     multiple: float = 1.0
     mode: str = "token"  # "token" | "all"
     top: float | None = None  # the range's top; None until known (rows of old session files)
+    entry: str = "multiple"  # how the row is typed and shown: "multiple" (× its base) or "value" (the activation)
 
     @property
     def low(self) -> float:
+        """The slider's left end: 0, ablation."""
         return MULTIPLE_MIN
+
+    @property
+    def typed_low(self) -> float:
+        """The lowest multiple that can be typed: the top, negated."""
+        return -self.high
+
+    @property
+    def value_base(self) -> float | None:
+        """The activation one multiple stands for, when the row can be set by value (one target, a non-zero
+        base); None otherwise (a supernode: its features have different activations)."""
+        if len(self.targets) != 1 or not self.targets[0].base:
+            return None
+        return self.targets[0].base
+
+    @property
+    def value(self) -> float | None:
+        """The activation the row sets (its multiple × its base), when it has one target."""
+        b = self.value_base
+        return None if b is None else self.multiple * b
 
     @property
     def high(self) -> float:
@@ -123,13 +144,15 @@ class SteeringState:
     def to_json(self) -> dict:
         return {"rows": [{"key": _jsonable(r.key), "name": r.name, "detail": r.detail, "multiple": r.multiple,
                           "mode": r.mode, "targets": [vars(t) for t in r.targets],
-                          **({} if r.top is None else {"top": r.top})} for r in self.rows],
+                          **({} if r.top is None else {"top": r.top}),
+                          **({} if r.entry == "multiple" else {"entry": r.entry})} for r in self.rows],
                 "freeze_attention": self.freeze_attention, "n_tokens": self.n_tokens}
 
     @classmethod
     def from_json(cls, data: dict) -> SteeringState:
         rows = tuple(SteeringRow(_tupled(r["key"]), r["name"], tuple(Target(**t) for t in r["targets"]), r["detail"],
-                                 float(r["multiple"]), r["mode"], None if r.get("top") is None else float(r["top"]))
+                                 float(r["multiple"]), r["mode"], None if r.get("top") is None else float(r["top"]),
+                                 "value" if r.get("entry") == "value" else "multiple")
                      for r in data.get("rows", []))
         return cls(rows, bool(data.get("freeze_attention", True)), int(data.get("n_tokens", 0)))
 

@@ -18,11 +18,12 @@ The probabilities are the logit nodes' weights in influence, pruning and the sco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
-
-import torch
+from typing import TYPE_CHECKING, Sequence, Union
 
 from .errors import PromptError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the window names these types without loading it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class LogitDiff:
 
 
 Target = Union[int, str, CustomTarget, LogitDiff]
-TargetSpec = Union[None, torch.Tensor, Sequence[Target]]
+TargetSpec = Union[None, "torch.Tensor", Sequence[Target]]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class LogitTargets:
 def select_logit_targets(logits: torch.Tensor, unembed: torch.Tensor, max_n_logits: int,
                          desired_logit_prob: float) -> LogitTargets:
     """logits [V] at the last position, unembed [V, d] -> the smallest top set reaching the probability."""
+    import torch
+
     probs = torch.softmax(logits.float(), dim=-1)
     top_p, top_idx = torch.topk(probs, min(max_n_logits, probs.shape[0]))
     cutoff = int(torch.searchsorted(torch.cumsum(top_p, 0), desired_logit_prob)) + 1
@@ -89,6 +92,8 @@ def resolve_targets(spec: TargetSpec, logits: torch.Tensor, unembed: torch.Tenso
     """The logit nodes for `spec` (see the module docstring), in the order given; logits [V] at
     the last position. Lists may mix kinds (circuit-tracer's may not); directions at list index i
     get the virtual id V + i, as in circuit-tracer's all-direction lists."""
+    import torch
+
     if spec is None:
         return select_logit_targets(logits, unembed, max_n_logits, desired_logit_prob)
     items = spec.tolist() if isinstance(spec, torch.Tensor) else list(spec)

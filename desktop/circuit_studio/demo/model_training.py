@@ -79,8 +79,24 @@ def train_tokenizer(corpus: str | Path | Sequence[str], out_dir: str | Path | No
                                    model_max_length=1_000_000)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        fast.save_pretrained(out_dir)
+        save_tokenizer(fast, out_dir)
     return fast
+
+
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # loaded by transformers 4.x and 5
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    """`tokenizer.save_pretrained(out_dir)`, with `tokenizer_config.json` naming
+    `PreTrainedTokenizerFast` (transformers 5 writes its own `TokenizersBackend`, which 4.x cannot load)
+    and without 5's `backend` key; 5 loads the folder to the same tokenizer either way."""
+    tokenizer.save_pretrained(out_dir)
+    path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("backend", "is_local", "local_files_only"):  # 5's backend name; flags of how it was loaded
+        config.pop(key, None)
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _raw_tokenizer(tokenizer):
@@ -227,7 +243,7 @@ def _save_checkpoint(ckpt: Path, model, tokenizer, opt, step: int, rng: np.rando
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    save_tokenizer(tokenizer, tmp)
     torch.save({"step": step, "optimizer": opt.state_dict(), "rng": rng.bit_generator.state,
                 "losses": losses, "tokens_seen": tokens_seen, "elapsed": elapsed,
                 "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
@@ -320,7 +336,7 @@ def train_model(corpus: str | Path | Sequence[str], out_dir: str | Path, *, toke
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     tail = [l for _, l in losses[-50:]]
     result = TrainResult(out_dir, step, tokens_seen, losses[0][1] if losses else float("nan"),
                          float(np.mean(tail)) if tail else float("nan"), wall, n_params, tuple(losses))

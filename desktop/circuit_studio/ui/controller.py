@@ -72,6 +72,10 @@ class Controller(QObject):
         self.params = AttributionParams(batch_size=256, max_feature_nodes=7500)
         self.intervention_changes: dict[int, float] | None = None  # the last one sent (for views created later)
         self.loading: set[str] = set()  # identities being loaded for the current graph (banners say so)
+        # a prompt traced while the model or transcoders were still loading: traced once they are
+        self._pending_trace: tuple | None = None
+        for signal in (self.jobs.finished, self.jobs.failed, self.jobs.cancelled):
+            signal.connect(self._trace_pending)
         self._shown = self._view_key()
         self._switching = False
         self.workspace.events.connect(self._on_event)
@@ -318,33 +322,62 @@ class Controller(QObject):
             key=f"load transcoders {ref.identity}")
 
     # ---- tracing ----
-    def trace(self, prompt: str, params: AttributionParams | None = None, on_done=None) -> JobHandle | None:
-        """Trace `prompt` with the active model and transcoders; the graph joins the session, bound to them."""
+    def trace(self, prompt: str, params: AttributionParams | None = None, on_done=None, *, targets=None,
+              title: str = "", chat: bool = False) -> JobHandle | None:
+        """Trace `prompt` with the active model and transcoders; the graph joins the session, bound to them.
+        `targets`: the logit nodes (`core.targets`: token ids, token strings, `CustomTarget`, `LogitDiff`;
+        None for the most probable logits), `title` the graph's title in the session; `chat`: as a user turn
+        under the tokenizer's chat template (`core.chat_template`)."""
         from ..core.attribution import attribute
 
         ws = self.workspace
         binding = ws.active
         bundle, tc = ws.resource(binding.model), ws.resource(binding.transcoders)
+        if (bundle is None or tc is None) and self.resources_loading():
+            self._pending_trace = (prompt, params, on_done, targets, title, chat)  # the latest prompt wins
+            self.message.emit("Tracing as soon as the model and transcoders have loaded.")
+            return None
         if bundle is None or tc is None:
             self.error.emit("Nothing to trace with", JobError(
                 "Load a model and its transcoders first.", "File ▸ Open demo, or open a model and transcoder folder.", ""))
             return None
+        if chat:
+            from ..core.chat_template import chat_prompt_ids
+            from ..core.errors import CircuitStudioError
+
+            try:
+                prompt = chat_prompt_ids(bundle.tokenizer, prompt)
+            except CircuitStudioError as e:
+                self.error.emit("No chat template", JobError(e.message, e.hint, ""))
+                return None
         params = params or self.params
         labels = ws.labels_for(binding)
         index = ws.resource(binding.index) or ws.resource(ws.index_ref_for(binding.transcoders))
 
         def job(progress, cancel):
-            graph = attribute(prompt, bundle, tc, params, progress=progress, cancel=cancel)
+            graph = attribute(prompt, bundle, tc, params, targets=targets, progress=progress, cancel=cancel)
             return Analysis(graph, labels=labels, auto_label=index.label if index else None)
 
         def done(analysis):
-            ws.add_graph(analysis.graph, binding, analysis=analysis)
+            ws.add_graph(analysis.graph, binding, analysis=analysis, title=title)
             if on_done:
                 on_done()
 
         return self.jobs.submit("Tracing", job, done)
 
+    def resources_loading(self) -> bool:
+        """Whether a model or transcoder set is being loaded (or waits to be): a trace then waits for it."""
+        jobs = ([self.jobs.current] if self.jobs.current is not None else []) + list(self.jobs.waiting)
+        return any(j.key.startswith(("load model ", "load transcoders ")) for j in jobs)
+
+    def _trace_pending(self, *_) -> None:
+        if self._pending_trace is not None and not self.resources_loading():
+            pending, self._pending_trace = self._pending_trace, None
+            prompt, params, on_done, targets, title, chat = pending
+            self.trace(prompt, params, on_done, targets=targets, title=title, chat=chat)
+
     def cancel(self) -> None:
+        self._pending_trace = None
         self.jobs.cancel()
 
     def set_analysis(self, analysis: Analysis | None) -> None:

@@ -30,8 +30,8 @@ from .intervention_rows import RowView
 WIDE_PANE_PX = 1000  # narrower than this, the controls sit above the plots
 ERROR_STYLE = "color: #b03000;"
 EMPTY_TEXT = ("Select a feature on the graph and press “Add selected”, or pin nodes and supernodes and press “Add "
-              "pinned”. Each row's slider sets a multiple of the feature's activation on this prompt: 0 ablates, 1 "
-              "leaves it alone.")
+              "pinned”. Each row's slider sets a multiple of the feature's activation on this prompt: its left end (0) "
+              "ablates, 1 leaves it alone; type x1.5 for a multiple or =3.44 (or press =) for an activation.")
 
 
 class InterventionPane(QWidget):
@@ -39,7 +39,9 @@ class InterventionPane(QWidget):
 
     For tests and the window: `add_node(node)`, `add_selected()`, `add_pinned()`,
     `add_feature(layer, feature, position)`, `remove_row(row)`, `clear_rows()`, `reset()`,
-    `set_multiple(row, m)`, `set_multiple_text(row, text)`, `set_position_mode(row, "token"|"all")`,
+    `set_multiple(row, m)`, `set_multiple_text(row, text)` ("x1.5", "1.5×", "=3.44", or a bare number read as
+    the row's entry), `set_value(row, activation)`, `set_entry(row, "multiple"|"value")`,
+    `set_position_mode(row, "token"|"all")`,
     `interventions()`, `update_now()`, `last_result` (`InterventionUpdate`), `strength_sweep(row, values,
     token_id)` (synchronous) and `run_sweep(row, token_id, values)` (a job; `sweep_finished`), `last_sweep`;
     counters `updates_submitted` / `updates_computed`; widgets `rows`, `freeze_check`, `tokens_spin`,
@@ -123,7 +125,7 @@ class InterventionPane(QWidget):
         self.empty_label.setStyleSheet("color: #777;")
         self._rows_layout.addWidget(self.empty_label)
         self._rows_layout.addStretch(1)
-        scroll = QScrollArea()
+        scroll = self.rows_scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setFrameShape(QFrame.Shape.StyledPanel)
@@ -153,6 +155,9 @@ class InterventionPane(QWidget):
         self.status_label = QLabel("No intervention yet.")
         self.status_label.setWordWrap(True)
         self.status_label.setStyleSheet("color: #555;")
+        # two lines whatever it says, so that a new status never resizes the rows' list (and moves its scroll)
+        self.status_label.setFixedHeight(2 * QFontMetrics(self.status_label.font()).lineSpacing() + 2)
+        self.status_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
 
         left = QWidget()
         lv = QVBoxLayout(left)
@@ -291,12 +296,27 @@ class InterventionPane(QWidget):
         """What typing `text` in the row's box and pressing Enter does."""
         return self.set_multiple(row, str(text))
 
+    def set_value(self, row: int, activation: float | str) -> bool:
+        """Set row `row`'s feature to the activation `activation` (a row of one feature); False, with a message,
+        when it cannot."""
+        ok = self._attempt(lambda: self.steering.set_value(row, activation) or True) is not None
+        if 0 <= row < len(self.rows):
+            self.rows[row].show_row(self.steering.rows[row])
+        return ok
+
+    def set_entry(self, row: int, entry: str) -> bool:
+        """Type and show row `row` as a "multiple" or as a "value" (the activation): the row's ×/= toggle."""
+        ok = self._attempt(lambda: self.steering.set_entry(row, entry) or True) is not None
+        if 0 <= row < len(self.rows):
+            self.rows[row].show_row(self.steering.rows[row])
+        return ok
+
     def set_position_mode(self, row: int, mode: str) -> bool:
         return self._attempt(lambda: self.steering.set_mode(row, mode) or True) is not None
 
     def _step(self, view: RowView, delta: float) -> None:
         r = view.row
-        self.set_multiple(self.rows.index(view), min(r.high, max(r.low, round(r.multiple + delta, 6))))
+        self.set_multiple(self.rows.index(view), min(r.high, max(r.typed_low, round(r.multiple + delta, 6))))
 
     def interventions(self) -> list:
         """The interventions the rows describe now (rows later in the list win on the same feature and position)."""
@@ -316,6 +336,7 @@ class InterventionPane(QWidget):
         view.text_entered.connect(lambda t, v=view: v in self.rows and self.set_multiple_text(self.rows.index(v), t))
         view.step_requested.connect(lambda d, v=view: v in self.rows and self._step(v, d))
         view.mode_chosen.connect(lambda m, v=view: v in self.rows and self.set_position_mode(self.rows.index(v), m))
+        view.entry_chosen.connect(lambda e, v=view: v in self.rows and self.set_entry(self.rows.index(v), e))
         view.remove_requested.connect(lambda v=view: v in self.rows and self.remove_row(self.rows.index(v)))
         return view
 

@@ -1,12 +1,14 @@
 """The intervention pane's rows: one `RowView` per `core.steering.SteeringRow` (name, position mode, a slider
-and a box for the multiple, what it does, remove). A view: it shows the row it is given and turns the
+from "ablate" (0) to the row's top, a box for the multiple or the activation with a toggle between the two,
+what it does, remove). A view: it shows the row it is given and turns the
 user's actions into signals; the pane calls the steering model with them."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtGui import QFontMetrics
-from PySide6.QtWidgets import QComboBox, QFrame, QGridLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QSlider
+from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy,
+                               QSlider, QToolButton)
 
 from ..core.steering import SteeringRow, fmt_multiple
 
@@ -45,6 +47,7 @@ class RowView(QObject):
     text_entered = Signal(str)  # the box's text (Enter, or leaving the box)
     step_requested = Signal(float)  # ↑/↓/PgUp/PgDn in the box: add this to the multiple
     mode_chosen = Signal(str)  # "token" | "all"
+    entry_chosen = Signal(str)  # "multiple" | "value": how the box reads and shows the row
     remove_requested = Signal()
 
     def __init__(self, row: SteeringRow, tip: str) -> None:
@@ -59,13 +62,28 @@ class RowView(QObject):
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(round(row.low / row.step), round(row.high / row.step))
         self.slider.setMinimumWidth(70)
-        self.slider.setToolTip(f"Multiple of the activation: {fmt_multiple(row.low)} … {fmt_multiple(row.high)}; "
-                               "0 ablates, 1 leaves it unchanged")
+        self.slider.setToolTip(f"Multiple of the activation: left end 0 = ablate … {fmt_multiple(row.high)}×; "
+                               "1 leaves it unchanged. Type a negative multiple in the box to flip it.")
+        small = "color: #777; font-size: 11px;"
+        self.low_label = QLabel("ablate")
+        self.low_label.setStyleSheet(small)
+        self.low_label.setToolTip("The slider's left end sets the feature to 0")
+        self.high_label = QLabel(f"{fmt_multiple(row.high)}×")
+        self.high_label.setStyleSheet(small)
         self.box = QLineEdit()
-        self.box.setFixedWidth(fm.horizontalAdvance("-000.00") + 14)
+        self.box.setFixedWidth(fm.horizontalAdvance("-0000.00") + 14)
         self.box.setAlignment(Qt.AlignmentFlag.AlignRight)
-        self.box.setToolTip(f"Exact multiple ({fmt_multiple(row.low)} … {fmt_multiple(row.high)}); Enter applies, "
-                            "↑/↓ step by 0.1, PgUp/PgDn by 1")
+        self.box.setToolTip(f"A multiple (x1.5 or 1.5×, {fmt_multiple(row.typed_low)} … {fmt_multiple(row.high)}) "
+                            "or, in = mode or typed as =3.44, the activation itself; Enter applies, ↑/↓ step by 0.1, "
+                            "PgUp/PgDn by 1")
+        self.entry_button = QToolButton()
+        self.entry_button.setCheckable(True)
+        self.entry_button.setFixedWidth(fm.horizontalAdvance("=") + 14)
+        self.entry_button.setEnabled(row.value_base is not None)
+        self.entry_button.setToolTip("× : type a multiple of the activation · = : type the activation itself"
+                                     if row.value_base is not None else
+                                     "Several features: set by a multiple of each one's activation")
+        self.entry_button.toggled.connect(lambda on: self.entry_chosen.emit("value" if on else "multiple"))
         self.value_label = QLabel()
         self.value_label.setFixedWidth(fm.horizontalAdvance("unchanged") + 4)
         self.value_label.setStyleSheet("color: #666;")
@@ -78,14 +96,23 @@ class RowView(QObject):
         self.remove_button.setFixedWidth(fm.horizontalAdvance("✕") + 16)
         self.remove_button.setToolTip("Remove this intervention")
         grid = QGridLayout(self.widget)  # name, position, remove / slider, multiple, value: fits a narrow dock
-        grid.setContentsMargins(2, 2, 2, 4)
+        grid.setContentsMargins(2, 1, 2, 2)
         grid.setHorizontalSpacing(4)
-        grid.setVerticalSpacing(1)
+        grid.setVerticalSpacing(0)
         grid.addWidget(self.name_label, 0, 0, 1, 2)
         grid.addWidget(self.position, 0, 2)
         grid.addWidget(self.remove_button, 0, 3)
-        grid.addWidget(self.slider, 1, 0)
-        grid.addWidget(self.box, 1, 1)
+        track = QHBoxLayout()
+        track.setSpacing(3)
+        track.addWidget(self.low_label)
+        track.addWidget(self.slider, 1)
+        track.addWidget(self.high_label)
+        grid.addLayout(track, 1, 0)
+        boxes = QHBoxLayout()
+        boxes.setSpacing(2)
+        boxes.addWidget(self.entry_button)
+        boxes.addWidget(self.box)
+        grid.addLayout(boxes, 1, 1)
         grid.addWidget(self.value_label, 1, 2, 1, 2)
         grid.setColumnStretch(0, 1)
         self.slider.valueChanged.connect(lambda v: self.slider_moved.emit(round(v * self.row.step, 6)))
@@ -103,7 +130,12 @@ class RowView(QObject):
         self.slider.blockSignals(True)
         self.slider.setValue(round(row.multiple / row.step))
         self.slider.blockSignals(False)
-        self.box.setText(fmt_multiple(row.multiple))
+        by_value = row.entry == "value" and row.value is not None
+        self.entry_button.blockSignals(True)
+        self.entry_button.setChecked(by_value)
+        self.entry_button.setText("=" if by_value else "×")
+        self.entry_button.blockSignals(False)
+        self.box.setText(f"{row.value:.4g}" if by_value else fmt_multiple(row.multiple))
         self.position.blockSignals(True)
         self.position.setCurrentIndex(0 if row.mode == "token" else 1)
         self.position.blockSignals(False)
@@ -122,7 +154,10 @@ class RowView(QObject):
     detail = property(lambda self: self.row.detail)
     multiple = property(lambda self: self.row.multiple)
     mode = property(lambda self: self.row.mode)
+    entry = property(lambda self: self.row.entry)
+    value = property(lambda self: self.row.value)
     low = property(lambda self: self.row.low)
+    typed_low = property(lambda self: self.row.typed_low)
     high = property(lambda self: self.row.high)
     step = property(lambda self: self.row.step)
     is_relative = property(lambda self: self.row.is_relative)

@@ -9,16 +9,18 @@ from pathlib import Path
 
 from PySide6.QtCore import QBuffer, QEvent, QIODevice, QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from ..core.errors import CircuitStudioError
 from ..core.progress import Progress
 from ..core.session import CanvasView
 from ..core.workspace import PromptChanged, SessionReplaced
+from .canvas.logit_targets import LogitTargetsMenu
 from .canvas.view import GraphCanvas
 from .controller import Controller
 from .feature_pane import FeaturePane
+from .heads_pane import HeadsPane
 from .intervention_pane import InterventionPane
 from .intervention_rows import ElidedLabel
 from .jobs import JobError
@@ -44,6 +46,14 @@ class PromptBar(QWidget):
         self.prompt.lineEdit().returnPressed.connect(self.trace)
         self.prompt.editTextChanged.connect(controller.workspace.set_prompt)  # the workspace keeps the text
         controller.workspace.events.connect(self._prompt_changed, PromptChanged)
+        # instruct models: the tokenizer's own chat template, its tokens previewed before tracing
+        self.chat_box = QCheckBox("Chat template")
+        self.chat_box.setToolTip("Trace the prompt as a user turn under the tokenizer's chat template (instruct models)")
+        self.chat_preview = ElidedLabel("")
+        self.chat_preview.setContentsMargins(6, 0, 6, 2)
+        self.chat_preview.hide()
+        self.chat_box.toggled.connect(self.update_chat_preview)
+        self.prompt.editTextChanged.connect(self.update_chat_preview)
         self.trace_button = QPushButton("Trace")
         self.trace_button.setDefault(True)
         self.trace_button.clicked.connect(self.trace)
@@ -55,10 +65,16 @@ class PromptBar(QWidget):
         self.progress.setFormat("Idle")
         self.progress.setValue(0)
         self.progress.setMaximumWidth(260)
-        row = QHBoxLayout(self)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        row = QHBoxLayout()
+        outer.addLayout(row)
+        outer.addWidget(self.chat_preview)
         row.setContentsMargins(6, 6, 6, 2)
         row.addWidget(QLabel("Prompt"))
         row.addWidget(self.prompt, 1)
+        row.addWidget(self.chat_box)
         row.addWidget(self.trace_button)
         row.addWidget(self.cancel_button)
         row.addWidget(self.progress)
@@ -70,6 +86,7 @@ class PromptBar(QWidget):
         jobs.failed.connect(lambda name, _: self._idle(f"{name}: failed"))
         jobs.cancelled.connect(lambda name: self._idle(f"{name}: cancelled"))
         controller.model_changed.connect(self.refresh_prompts)
+        controller.model_changed.connect(self.update_chat_preview)
 
     def refresh_prompts(self) -> None:
         text = self.prompt.currentText()
@@ -85,11 +102,33 @@ class PromptBar(QWidget):
             self.prompt.setEditText(event.text)
 
     def trace(self) -> None:
-        self.controller.trace(self.prompt.currentText())
+        self.controller.trace(self.prompt.currentText(), chat=self.chat_box.isChecked())
+
+    def update_chat_preview(self, *_) -> None:
+        """With "Chat template" on: the templated prompt's tokens (or the one line saying why there are none)."""
+        from ..core.chat_template import chat_prompt_tokens
+        from ..core.display_text import token_label
+
+        if not self.chat_box.isChecked():
+            self.chat_preview.hide()
+            return
+        bundle = self.controller.workspace.resource(self.controller.workspace.active.model)
+        if bundle is None:
+            text = "Chat template: load a model to see the tokens it produces."
+        else:
+            try:
+                tokens = chat_prompt_tokens(bundle.tokenizer, self.prompt.currentText() or " x")
+                text = f"{len(tokens)} tokens: " + " · ".join(token_label(t) for t in tokens)
+            except CircuitStudioError as e:
+                text = str(e)
+        self.chat_preview.set_full_text(text)
+        self.chat_preview.setToolTip(text)
+        self.chat_preview.show()
 
     def _busy(self, busy: bool) -> None:
         self.cancel_button.setEnabled(busy)
-        self.trace_button.setEnabled(not busy)
+        # while the model or transcoders load (the demo at start), a prompt can be traced: it waits for them
+        self.trace_button.setEnabled(not busy or self.controller.resources_loading())
 
     def _show(self, p: Progress) -> None:
         self.progress.setMaximum(max(p.total, 0))
@@ -112,6 +151,8 @@ class MainWindow(QMainWindow):
         self.resize(1500, 900)
         self.prompt_bar = PromptBar(self.controller)
         self.canvas = GraphCanvas(self.controller)
+        self.logit_targets = LogitTargetsMenu(self.controller, self)  # right-click a logit: custom targets
+        self.canvas.node_context_requested.connect(self.logit_targets.show)
         # what the graph on screen was traced with, and whether that is loaded: one line whatever it says, so
         # that the canvas keeps its size
         self.provenance = ElidedLabel("")
@@ -130,16 +171,20 @@ class MainWindow(QMainWindow):
         self.features = FeaturePane(self.controller)
         self.subgraph = SubgraphPane(self.controller)
         self.interventions = InterventionPane(self.controller)
+        self.heads = HeadsPane(self.controller)
         self.docks = {
             "connections": self._dock("Node connections", self.connections, Qt.RightDockWidgetArea),
             "features": self._dock("Feature detail", self.features, Qt.RightDockWidgetArea),
             "subgraph": self._dock("Subgraph", self.subgraph, Qt.BottomDockWidgetArea),
             "interventions": self._dock("Interventions", self.interventions, Qt.BottomDockWidgetArea),
+            "heads": self._dock("Heads", self.heads, Qt.BottomDockWidgetArea),
         }
         # Neuronpedia's quadrants: the right column (connections over feature detail) runs the full height,
         # the bottom panes sit under the canvas only
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.docks["subgraph"], self.docks["interventions"])
+        self.tabifyDockWidget(self.docks["interventions"], self.docks["heads"])
+        self.connections.edge_chosen.connect(self.heads.request_edge)  # a row of Node connections = an edge
         self.docks["subgraph"].raise_()
         self._default_state = self.saveState()
         self._restoring_window = False
@@ -206,6 +251,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = file.addMenu("&Recent")
         self._fill_recent()
         file.addSeparator()
+        self._action(file, "&Import graph JSON…", lambda: self.import_json())
         self._action(file, "&Export graph JSON…", lambda: self.export_json())
         self._action(file, "Export canvas as &SVG…", lambda: self.export_svg())
         self._action(file, "Export canvas as &PNG…", lambda: self.export_png())
@@ -220,15 +266,34 @@ class MainWindow(QMainWindow):
         view.addSeparator()
         self._action(view, "&Reset layout", self.reset_layout)
         graph = self.menuBar().addMenu("&Graph")
+        self._action(graph, "&Find feature…", self.find_feature, "Ctrl+Shift+F")
         self._action(graph, "&Steer selected feature", self._steer_selected, "Ctrl+I")
         self._action(graph, "Steer &pinned nodes", self._steer_pinned)
+        self._action(graph, "&Heads of selected edge", self.show_heads)
         graph.addSeparator()
+        self._action(graph, "&Compare graphs…", self.compare_graphs)
         self.graphs_menu = graph.addMenu("Graphs in this session")
         self.graphs_menu.aboutToShow.connect(self._fill_graphs)
         help_menu = self.menuBar().addMenu("&Help")
         self._action(help_menu, "&About Circuit Studio", self._about)
 
     # ---- actions ----
+    def compare_graphs(self):
+        """Graph ▸ Compare graphs…: two graphs of the session side by side (`ui.compare_view`)."""
+        from .compare_view import CompareView
+
+        ws = self.controller.workspace
+        if len(ws.graphs) < 2:
+            self.show_error("Nothing to compare", JobError("Compare needs two graphs in the session.",
+                                                           "Trace another prompt first.", ""))
+            return None
+        others = [g for g in ws.graphs if g != ws.current_id]
+        view = CompareView(ws, self, graph_a=ws.current_id if ws.current_id is not None else others[0],
+                           graph_b=others[-1])
+        view.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        view.show()
+        return view
+
     def open_demo(self, kind: str = "plt") -> None:
         self.controller.open_demo(on_done=self._after_demo, kind=kind)
 
@@ -259,26 +324,56 @@ class MainWindow(QMainWindow):
 
     # Exports take a path (tests, scripts) or ask for one; each file is written whole or not at all, and a
     # failure (full disk, read-only folder) is shown in a dialog. -> whether the file was written.
+    def import_json(self, path: str | None = None) -> int | None:
+        """File ▸ Import graph JSON: a circuit-tracer / Neuronpedia `<slug>.json` joins the session as a
+        read-only graph with its pins, supernodes and clerps (`core.graph_import`). -> its graph id."""
+        from ..core.graph_import import load_graph_json
+        from ..core.workspace import Binding
+
+        path = path or QFileDialog.getOpenFileName(self, "Import graph JSON", "", "Graph JSON (*.json)")[0]
+        if not path:
+            return None
+        try:
+            imported = load_graph_json(path)
+        except CircuitStudioError as e:
+            self.show_error("Import failed", JobError(e.message, e.hint, ""))
+            return None
+        gid = self.controller.workspace.add_graph(imported.graph, Binding(), analysis=imported.analysis(),
+                                                  title=f"Imported {Path(path).name}")
+        self.statusBar().showMessage(f"Imported {Path(path).name} (read-only: only its kept nodes and links).", 8000)
+        return gid
+
     def export_json(self, path: str | None = None) -> bool:
-        from ..core.export import write_frontend_json
+        from ..core.export import analysis_options, write_frontend_json
 
         analysis = self.controller.analysis
         if analysis is None:
             self.show_error("Nothing to export", JobError("Trace a prompt first.", "", ""))
             return False
         path = path or QFileDialog.getSaveFileName(self, "Export graph JSON", "graph.json", "JSON (*.json)")[0]
-        return bool(path) and self._export(path, lambda: write_frontend_json(path, analysis.graph, analysis.pruned,
-                                                                             slug=Path(path).stem))
+        return bool(path) and self._export(path, lambda: write_frontend_json(
+            path, analysis.graph, analysis.pruned, slug=Path(path).stem, **analysis_options(analysis)))
 
     def export_svg(self, path: str | None = None) -> bool:
         path = path or QFileDialog.getSaveFileName(self, "Export canvas", "graph.svg", "SVG (*.svg)")[0]
         return bool(path) and self._export(path, lambda: self.canvas.render_svg(path))
 
-    def export_png(self, path: str | None = None) -> bool:
+    def export_png(self, path: str | None = None, scale: float | None = None) -> bool:
+        """The canvas's plot alone (no toolbar, sliders, legend), `scale` times its size on screen (asked for
+        when not given and no path is given; 1 with a path)."""
+        from PySide6.QtWidgets import QInputDialog
+
         from ..core.atomic_write import write_bytes_atomic
 
+        if scale is None and not path:
+            plot = self.canvas._plot.viewport()
+            scale, ok = QInputDialog.getDouble(self, "Export canvas as PNG", f"Scale (1 = {plot.width()} × "
+                                               f"{plot.height()} px):", 2.0, 0.5, 8.0, 1)
+            if not ok:
+                return False
+        scale = 1.0 if scale is None else scale
         path = path or QFileDialog.getSaveFileName(self, "Export canvas", "graph.png", "PNG (*.png)")[0]
-        return bool(path) and self._export(path, lambda: write_bytes_atomic(path, _png_bytes(self.canvas)))
+        return bool(path) and self._export(path, lambda: write_bytes_atomic(path, self.canvas.render_png(scale)))
 
     def _export(self, path: str, write) -> bool:
         try:
@@ -400,7 +495,12 @@ class MainWindow(QMainWindow):
                  f"{' · feature index ' + d.index if d.index else ' · no feature index'}")
         binding = ws.entry(gid).binding
         missing = [k for k in d.missing if k in ("model", "transcoders")]
-        if missing:
+        imported = ws.entry(gid).graph.provenance.get("imported")
+        if imported:  # read from a graph JSON: nothing to re-trace or intervene with
+            text = (f"Imported from {Path(imported.get('source') or 'a graph JSON').name} — read-only: only its kept "
+                    f"nodes and links are known (no re-trace, re-pruning or interventions)")
+            self.provenance.setStyleSheet("background: #e8f0fe; color: #1a3d7c; border-bottom: 1px solid #b6c8ef;")
+        elif missing:
             loading = binding.transcoders is not None and binding.transcoders.identity in self.controller.loading
             head = ("Loading this graph's transcoders… showing saved results" if loading else
                     f"{' and '.join(missing).capitalize()} not loaded: showing saved results")
@@ -416,6 +516,27 @@ class MainWindow(QMainWindow):
     def _steer_selected(self) -> None:
         self.interventions.add_selected()
         self.docks["interventions"].raise_()
+
+    def find_feature(self):
+        """Graph ▸ Find feature… (Ctrl+Shift+F): search the feature index (`ui.feature.search_dialog`)."""
+        from .feature.search_dialog import FindFeatureDialog
+
+        d = getattr(self, "_find_feature", None)
+        if d is None:
+            d = self._find_feature = FindFeatureDialog(self.controller, self.features, self,
+                                                       raise_pane=lambda: self.docks["features"].raise_())
+        d.show()
+        d.raise_()
+        d.search_box.setFocus()
+        d.search_box.selectAll()
+        return d
+
+    def show_heads(self) -> None:
+        """Graph ▸ Heads of selected edge: the Heads pane, for the edge last chosen in Node connections (or
+        the selected node's strongest edge)."""
+        self.docks["heads"].show()
+        self.docks["heads"].raise_()
+        self.heads.request_selected()
 
     def _steer_pinned(self) -> None:
         self.interventions.add_pinned()
@@ -433,7 +554,7 @@ class MainWindow(QMainWindow):
         h, w = max(self.height(), 600), max(self.width(), 900)
         d = self.docks
         self.resizeDocks([d["connections"]], [max(380, int(0.28 * w))], Qt.Orientation.Horizontal)
-        self.resizeDocks([d["subgraph"]], [int(0.32 * h)], Qt.Orientation.Vertical)
+        self.resizeDocks([d["subgraph"]], [int(0.35 * h)], Qt.Orientation.Vertical)  # room for 3+ intervention rows
         self.resizeDocks([d["connections"], d["features"]], [h // 2, h // 2], Qt.Orientation.Vertical)
 
     def showEvent(self, event) -> None:  # noqa: N802

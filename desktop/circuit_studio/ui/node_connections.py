@@ -288,6 +288,8 @@ class NodeConnectionsPane(QWidget):
     (check boxes), `pin_button`, `title_label`, `details_label`, `empty_label`, `stack`, `node()`.
     """
 
+    edge_chosen = Signal(int, int)  # (source, target): an input or output row was clicked (before it is selected)
+
     def __init__(self, controller, parent=None) -> None:
         super().__init__(parent)
         self.controller = controller
@@ -372,6 +374,7 @@ class NodeConnectionsPane(QWidget):
         positive = key.endswith("+")
         view.setItemDelegateForColumn(ConnectionsModel.SHARE,
                                       _ShareBarDelegate(POSITIVE_COLOR if positive else NEGATIVE_COLOR, view))
+        view.node_clicked.connect(lambda node, ctrl, inputs=inputs: self._on_edge_clicked(node, ctrl, inputs))
         view.node_clicked.connect(self._on_node_clicked)
         title = QLabel(_TITLES[key])
         title.setToolTip(INPUT_SHARE_TIP if inputs else OUTPUT_SHARE_TIP)
@@ -484,6 +487,11 @@ class NodeConnectionsPane(QWidget):
         self.pin_button.setText("Unpin" if node in analysis.pinned else "Pin")
 
     # ---- actions ----
+    def _on_edge_clicked(self, node: int, ctrl: bool, inputs: bool) -> None:
+        selected = self.node()
+        if not ctrl and selected is not None:
+            self.edge_chosen.emit(*((node, selected) if inputs else (selected, node)))
+
     def _on_node_clicked(self, node: int, ctrl: bool) -> None:
         analysis = self.controller.analysis
         if analysis is None:

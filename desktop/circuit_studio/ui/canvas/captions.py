@@ -15,7 +15,8 @@ from .shown_graph import ShownGraph
 from .style import KINDS, TEXT
 
 MAX_NODE_LABELS = 50  # pinned-node captions drawn on the canvas
-LOGIT_LABEL_GAP_PX = 18  # logit labels closer than this on screen hide the less probable one
+LOGIT_LABEL_GAP_PX = 4  # px kept free between two logit labels on a line
+LOGIT_LABEL_LEVELS = 3  # lines of logit labels above the logits
 
 
 class NodeCaptions:
@@ -75,16 +76,22 @@ class NodeCaptions:
 
 
 class LogitLabels:
-    """Each shown logit's token and probability, slanted above it, in view box `vb`; the most probable
-    ones that have room on screen are shown."""
+    """Each shown logit's token and probability above it, in view box `vb`, never overlapping on screen:
+    the most probable first, each on the lowest of `LOGIT_LABEL_LEVELS` lines where it fits, shortened
+    to its probability when the token does not fit, hidden when nothing fits (its tooltip, and the
+    node's, keep the whole text). Redone when the x scale changes."""
 
     def __init__(self, vb: pg.ViewBox) -> None:
         self._vb = vb
-        self._items: list[tuple[float, float, pg.TextItem]] = []  # x, probability, item
+        self._items: list[tuple[float, float, pg.TextItem, str, str]] = []  # x, probability, item, full, short
         self._px = 0.0  # the x scale the labels were placed for
 
+    @property
+    def items(self) -> list[pg.TextItem]:
+        return [e[2] for e in self._items]
+
     def show(self, analysis: Analysis | None, shown: ShownGraph) -> None:
-        for _, _, item in self._items:
+        for _, _, item, _, _ in self._items:
             self._vb.removeItem(item)
         self._items = []
         if analysis is None:
@@ -93,18 +100,18 @@ class LogitLabels:
         for node in shown.nodes[shown.kinds == NodeKind.LOGIT.code].tolist():
             k = node - g.logit_offset
             p = float(g.logit_probabilities[k])
-            item = pg.TextItem(text=f"  {elide(token_label(g.logit_tokens[k]), 14)} {p:.0%}",
-                               color=KINDS[NodeKind.LOGIT.code].outline, anchor=(0, 0.5), angle=55)
+            full, short = f"{elide(token_label(g.logit_tokens[k]), 14)} {p:.0%}", f"{p:.0%}"
+            item = pg.TextItem(text=full, color=KINDS[NodeKind.LOGIT.code].outline, anchor=(0.5, 1.3))
             item.setZValue(8)
             x, y = shown.xy[shown.index[node]]
             item.setPos(float(x), float(y))
-            item.setToolTip(analysis.label_of(node))
+            item.setToolTip(f"{analysis.label_of(node)} · p = {p:.3f}")
             self._vb.addItem(item)
-            self._items.append((float(x), p, item))
+            self._items.append((float(x), p, item, full, short))
         self.place(force=True)
 
     def place(self, force: bool = False) -> None:
-        """Show the most probable labels that have room; redone when the x scale changes (or `force`)."""
+        """Place the most probable labels that have room (see the class docstring)."""
         if not self._items:
             return
         (x0, x1), width = self._vb.viewRange()[0], self._vb.width()
@@ -112,12 +119,22 @@ class LogitLabels:
         if not force and px == self._px:
             return
         self._px = px
-        taken: list[float] = []
-        for x, _, item in sorted(self._items, key=lambda e: -e[1]):
-            free = all(abs(x - other) / px >= LOGIT_LABEL_GAP_PX for other in taken)
-            item.setVisible(free)
-            if free:
-                taken.append(x)
+        taken: list[list[tuple[float, float]]] = [[] for _ in range(LOGIT_LABEL_LEVELS)]  # per line: (left, right) px
+        for x, _, item, full, short in sorted(self._items, key=lambda e: -e[1]):
+            placed = False
+            for text in (full, short):
+                item.setText(text)
+                w = item.textItem.boundingRect().width()
+                left, right = x / px - w / 2 - LOGIT_LABEL_GAP_PX / 2, x / px + w / 2 + LOGIT_LABEL_GAP_PX / 2
+                for level, line in enumerate(taken):
+                    if all(right <= l or r <= left for l, r in line):
+                        line.append((left, right))
+                        item.setAnchor((0.5, 1.3 + level))
+                        placed = True
+                        break
+                if placed:
+                    break
+            item.setVisible(placed)
 
 
 def node_tooltip_html(analysis: Analysis, node: int, changes: dict[int, float] | None) -> str:

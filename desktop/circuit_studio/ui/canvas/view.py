@@ -42,6 +42,7 @@ class GraphCanvas(QWidget):
 
     node_clicked = Signal(int)
     node_hovered = Signal(object)  # node index or None
+    node_context_requested = Signal(int, QPoint)  # right-click on a node: the node, the global position
 
     def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -243,7 +244,42 @@ class GraphCanvas(QWidget):
             self._edges.set_vector_export(False)
             for it in exporting:
                 it.setExportMode(False)
-        write_bytes_atomic(path, bytes(buffer.data()))
+        write_bytes_atomic(path, portable_svg(bytes(buffer.data()).decode("utf-8")).encode("utf-8"))
+
+    def render_png(self, scale: float = 1.0) -> bytes:
+        """The plot alone (nodes, edges, axes, labels; not the toolbar, sliders, legend or search box) as PNG
+        bytes, `scale` times its on-screen size in pixels (edges drawn as vectors, so they stay sharp)."""
+        from PySide6.QtCore import QBuffer, QIODevice
+        from PySide6.QtGui import QImage
+
+        from ...core.errors import CircuitStudioError
+
+        if not 0.1 <= scale <= 16:
+            raise CircuitStudioError(f"PNG scale {scale} is outside 0.1 .. 16.", "Choose a scale such as 1, 2 or 4.")
+        view = self._plot
+        rect = view.viewport().rect()
+        image = QImage(max(1, round(rect.width() * scale)), max(1, round(rect.height() * scale)),
+                       QImage.Format.Format_ARGB32)
+        image.fill(QColor(BACKGROUND))
+        exporting = [it for it in view.scene().items() if hasattr(it, "setExportMode")]
+        for it in exporting:
+            it.setExportMode(True, {"antialias": True, "background": QColor(BACKGROUND), "painter": None})
+        self._edges.set_vector_export(True)
+        painter = QPainter(image)
+        try:
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+            painter.setRenderHint(QPainter.RenderHint.TextAntialiasing, True)
+            view.render(painter, QRectF(image.rect()), rect)
+        finally:
+            painter.end()
+            self._edges.set_vector_export(False)
+            for it in exporting:
+                it.setExportMode(False)
+        buffer = QBuffer()
+        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+        if not image.save(buffer, "PNG"):
+            raise CircuitStudioError("Could not encode the canvas as PNG.", "Try the SVG export instead.")
+        return bytes(buffer.data())
 
     def shutdown(self) -> None:
         """Stop the edge renderers; called on close."""
@@ -408,6 +444,13 @@ class GraphCanvas(QWidget):
 
     def _mouse_clicked(self, ev) -> None:
         a = self._analysis
+        if a is not None and ev.button() == Qt.MouseButton.RightButton and not ev.double():
+            node = self._pick(ev.scenePos())
+            if node is not None:
+                ev.accept()
+                view_pt = self._plot.mapFromScene(ev.scenePos())
+                self.node_context_requested.emit(node, self._plot.viewport().mapToGlobal(view_pt))
+            return
         if a is None or ev.button() != Qt.MouseButton.LeftButton or ev.double():
             return
         if not self._vb.sceneBoundingRect().contains(ev.scenePos()):
@@ -476,3 +519,38 @@ class GraphCanvas(QWidget):
         else:
             self.message_label.setText(f"{a.label_of(node)} matches {query!r} but is hidden by the thresholds; "
                                        "lower them to see it.")
+
+
+SVG_FONTS = "DejaVu Sans, Arial, sans-serif"  # ends in a generic family: every renderer finds a font
+
+
+def portable_svg(text: str) -> str:
+    """QSvgGenerator's SVG made to render the same in browsers and ImageMagick: no
+    `vector-effect="non-scaling-stroke"` (ImageMagick ignores it; each cosmetic stroke's pixel width is
+    divided by its group's scale instead, so it draws as wide everywhere), and font families that end
+    in a generic family (Qt's "Sans Serif" alias is no font a browser knows)."""
+    import re
+
+    out = []
+    for i, part in enumerate(text.split("<g ")):  # QSvgGenerator writes flat groups: <g style...>paths</g>
+        if i and "non-scaling-stroke" in part:
+            head = part[: part.find(">")]
+            m = re.search(r'matrix\(([^)]*)\)', head)
+            w = re.search(r'stroke-width="([^"]*)"', head)
+            scale = 1.0
+            if m:
+                a, b, c, d = (float(v) for v in m.group(1).split(",")[:4])
+                scale = abs(a * d - b * c) ** 0.5 or 1.0
+            # a cosmetic pen's width is in pixels: under a scaling transform, give it in user units
+            width = f' stroke-width="{float(w.group(1)) / scale:.6g}"' if w and abs(scale - 1) > 1e-6 else ""
+            part = part.replace(' vector-effect="non-scaling-stroke"', width)
+        out.append(part)
+    text = "<g ".join(out).replace(' vector-effect="non-scaling-stroke"', "")
+
+    def family(m: re.Match) -> str:
+        name = m.group(1).strip()
+        if name.lower() in ("sans serif", "sans-serif", "sans", ""):
+            return f'font-family="{SVG_FONTS}"'
+        return f'font-family="{name}, {SVG_FONTS}"'
+
+    return re.sub(r'font-family="([^"]*)"', family, text)

@@ -63,6 +63,7 @@ class FeaturePane(QWidget):
         self._details_key = None  # what the details area shows, to skip rebuilding it
         self._expanded_bands: set[int] = set()
         self._refreshing = False
+        self.browsed: tuple[int, int] | None = None  # a feature shown from the index, not a node (Find feature)
         self.band_sections: list[Collapsible] = []
         self._build_ui()
         controller.aspect_changed.connect(self._on_aspect)
@@ -174,8 +175,16 @@ class FeaturePane(QWidget):
 
     # ---- signals ----
     def _on_aspect(self, aspect: str) -> None:
+        if aspect == Aspect.SELECTION.value:
+            self.browsed = None  # a node was selected: show it
         if aspect in (Aspect.SELECTION.value, Aspect.LABELS.value):
             self.refresh()
+
+    def show_index_feature(self, layer: int, feature: int) -> None:
+        """Show the dashboard of (layer, feature) from the feature index, graph or no graph (Find feature);
+        selecting a node returns to the node."""
+        self.browsed = (int(layer), int(feature))
+        self.refresh()
 
     def _on_model_changed(self) -> None:
         self._cache.clear()
@@ -223,6 +232,12 @@ class FeaturePane(QWidget):
     def _refresh(self) -> None:
         analysis = self.controller.analysis
         node = analysis.selected if analysis is not None else None
+        if self.browsed is not None:
+            if self._label_target is not None and self.label_edit.isModified():
+                self._commit_label()
+            self._node = None
+            self._show_browsed(*self.browsed)
+            return
         # an edit in progress on another node is applied before the pane moves on
         if (self._label_target is not None and self.label_edit.isModified()
                 and self._label_target != (analysis, node)):
@@ -308,6 +323,34 @@ class FeaturePane(QWidget):
         shown = (id(index), layer, feat, info.activation)
         if shown != self._details_key:
             self._show_details(details, info.activation, index)
+            self._details_key = shown
+
+    def _show_browsed(self, layer: int, feat: int) -> None:
+        from ...core.feature_search import graphs_with_feature
+
+        index = self.controller.feature_index
+        self.title.setText(f"Feature {feature_name(layer, feat)}  ·  from the feature index")
+        if index is None:
+            self._show_message("No feature index is loaded: open one (File ▸ Open feature index) to browse features.")
+            self.title.setText(f"Feature {feature_name(layer, feat)}")
+            return
+        try:
+            d = self.details_for(layer, feat)
+        except Exception as e:  # noqa: BLE001 - a bad index must not break the pane
+            self._show_message(f"The feature index cannot show this feature: {getattr(e, 'message', e)}")
+            return
+        active = graphs_with_feature(self.controller.workspace, layer, feat)
+        where = ("; ".join(f"“{html.escape(a.title[:40])}” at {', '.join(quoted(t) for t in a.tokens[:3])}"
+                           f"{'…' if len(a.tokens) > 3 else ''} (max {fmt(a.max_activation)})" for a in active[:4])
+                 if active else "none")
+        self.active_graphs = active
+        self.stats.setText(f"Label: <b>{html.escape(d.label)}</b><br>Max activation in the index: "
+                           f"<b>{fmt(d.max_activation)}</b>; density <b>{d.density * 100:.3g}%</b><br>"
+                           f"Active in this session's graphs: {where}")
+        self._set_mode(label=False, stats=True, description=False, no_index=False, details=True)
+        shown = (id(index), layer, feat, None)
+        if shown != self._details_key:
+            self._show_details(d, None, index)
             self._details_key = shown
 
     def _show_label(self, analysis, node: int, key: tuple[int, int]) -> None:
