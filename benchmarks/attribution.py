@@ -126,18 +126,19 @@ def run_cli(folder: Path, prompt: str, args, budget: int | None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(DESKTOP), "OMP_NUM_THREADS": str(args.threads)}
     timed = Path("/usr/bin/time").exists()
     t0 = time.perf_counter()
-    res = subprocess.run(["/usr/bin/time", "-f", "%M %S", *cmd] if timed else cmd, env=env, capture_output=True,
+    res = subprocess.run(["/usr/bin/time", "-f", "%M %S %U", *cmd] if timed else cmd, env=env, capture_output=True,
                          text=True)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         print(res.stderr[-3000:])
         raise SystemExit("the command failed")
     json.loads(out.read_text())  # the command wrote a readable graph
-    rss = sys_s = None
+    rss = sys_s = user_s = None
     if timed:
-        rss_kib, sys_s = res.stderr.strip().splitlines()[-1].split()
-        rss, sys_s = int(rss_kib) / 2**20, float(sys_s)
-    return {"wall_s": wall, "peak_rss_gib": rss, "system_s": sys_s, "summary": res.stdout.strip().splitlines()[-1]}
+        rss_kib, sys_s, user_s = res.stderr.strip().splitlines()[-1].split()
+        rss, sys_s, user_s = int(rss_kib) / 2**20, float(sys_s), float(user_s)
+    return {"wall_s": wall, "peak_rss_gib": rss, "system_s": sys_s, "user_s": user_s,
+            "summary": res.stdout.strip().splitlines()[-1]}
 
 
 def main() -> None:
@@ -174,7 +175,9 @@ def main() -> None:
         print(f"load transcoders              {time.perf_counter() - t0:7.2f} s")
 
         params = AttributionParams(batch_size=args.batch_size, max_feature_nodes=args.budget)
+        c0, w0 = time.process_time(), time.perf_counter()
         graph = attribute(prompt, bundle, tc, params)
+        cpu_share = (time.process_time() - c0) / ((time.perf_counter() - w0) * args.threads)
         s = graph.provenance["seconds"]
         n_active = graph.active_features.shape[0]
         per_token = n_active / (MEDIUM_DIMS.n_layers * (graph.n_pos - 1))
@@ -184,6 +187,7 @@ def main() -> None:
               f"({graph.adjacency.nbytes / 2**30:.2f} GiB)")
         for phase in ("forward", "setup", "logit_rows", "feature_rows", "package", "total"):
             print(f"attribution: {phase:<17}{s[phase]:7.2f} s")
+        print(f"attribution: CPU share {cpu_share:.0%} of {args.threads} threads (well below 100%: others were running)")
         # the work: the feature rows computed, against every active feature as a source
         af = graph.active_features
         counts = torch.bincount(torch.from_numpy(af[:, 0] * graph.n_pos + af[:, 1]),
@@ -206,7 +210,7 @@ def main() -> None:
         print(f"peak memory (RSS)             {peak_rss_gib():7.2f} GiB")
         if args.device == "cuda":
             print(f"peak CUDA memory              {torch.cuda.max_memory_allocated() / 2**30:7.2f} GiB")
-        report.update(seconds=s, needed_gflop=need / 1e9, done_gflop=done / 1e9, matmul_gflops=rate / 1e9,
+        report.update(seconds=s, cpu_share=cpu_share, needed_gflop=need / 1e9, done_gflop=done / 1e9, matmul_gflops=rate / 1e9,
                       floor_s=floor, prune_s=t1 - t0, scores_s=t2 - t1, peak_rss_gib=peak_rss_gib(),
                       n_nodes=graph.n_nodes, n_active=int(n_active), kept_nodes=pruned.n_nodes,
                       kept_edges=pruned.n_edges)
@@ -215,7 +219,7 @@ def main() -> None:
     if not args.no_cli:
         cli = run_cli(folder, prompt, args, args.budget)
         print(f"whole `circuit-studio attribute` command: {cli['wall_s']:.2f} s wall, peak RSS "
-              f"{cli['peak_rss_gib']:.2f} GiB, system time {cli['system_s']:.1f} s")
+              f"{cli['peak_rss_gib']:.2f} GiB, user {cli['user_s']:.1f} s + system {cli['system_s']:.1f} s CPU")
         print(f"  {cli['summary']}")
         report["cli"] = cli
     report["load_after"] = machine_load()

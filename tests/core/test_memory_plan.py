@@ -70,8 +70,7 @@ def test_attribution_parts_follow_the_run():
     blocks = int(10 * (10 + L * P + P) * entries / (n_active * n_cols)) + K * (N - K)
     assert _bytes(plan, "graph") == int(((K + 10) * (n_cols + K) + (K + 10) ** 2 + blocks * 1.5) * 4)
     assert _bytes(plan, "active features' rows") == n_active * d * 2 * 4
-    assert _bytes(plan, "backward batches") == (max(B * P, mp.ROW_POSITIONS) * d * 4 * mp.BACKWARD_TENSORS
-                                                + B * n_cols * 4)
+    assert _bytes(plan, "backward batches") == B * P * d * 4 * mp.BACKWARD_TENSORS + B * n_cols * 4
     everything = plan_memory(MODEL, PLT, run=dataclasses.replace(run, max_feature_nodes=None), free=PLENTY)
     assert _bytes(everything, "graph") == int((entries + K * n_cols) * 4 * 1.5), "no N x N matrix anywhere"
     assert _bytes(plan, "forward pass") == L * P * F * 4 + 3 * L * P * d * 4 + L * H * P * P * 8 + P * V * 4

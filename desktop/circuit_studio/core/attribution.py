@@ -11,7 +11,13 @@ Following "Circuit Tracing" (Ameisen et al., 2025) and circuit-tracer 0.5.0, spe
 2. Feature rows: each active feature's encoder row is pushed back from its read point, giving
    the effects on its pre-activation. With a `max_feature_nodes` budget the features are visited
    greedily by their influence on the logits, estimated from the rows gathered so far.
-3. The rows are packed into the N x N adjacency matrix of `graph.AttributionGraph`.
+3. The rows go into the graph's adjacency (`core.adjacency`): without a budget each batch's edges
+   are written straight into blocks holding only the entries that can be non-zero; with a budget
+   the frontier's rows are kept over every active feature (the influence estimate needs them) and
+   the selected rows' blocks are gathered from them at the end.
+
+The backward passes are `frozen_backward.PackedBackward`'s: rows batched by position, each one
+propagated from its own position, no multiply-add on a known zero (see that module).
 
 Edges: feature source s (activation a_s, decoder W_dec[s]) -> sum over the layers it writes to of
 <g_write, a_s W_dec[s]>; error source -> <g_write, error>; token -> <g_embed, embedding>.
@@ -38,9 +44,6 @@ from .replacement import CleanRun, record_clean_run
 from .targets import LogitTargets, TargetSpec, resolve_targets, select_logit_targets
 from .transcoder_loading import check_transcoders_fit
 from .transcoders import TranscoderSet
-
-
-MIN_ROW_POSITIONS = 8192  # the least (rows x positions) one packed batch may hold, whatever batch_size
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,9 +214,9 @@ class _RowProgress:
 
 def _run_rows(engine: PackedBackward, sink: _BlockSink, layers: np.ndarray, positions: np.ndarray,
               vectors: torch.Tensor, row_ids: np.ndarray, cancel: CancelToken | None,
-              done: Callable[[int], None] | None = None) -> None:
+              done: Callable[[int], None] | None = None, max_row_positions: int | None = None) -> None:
     """Rows (target layer, position, injected vector) -> their edges, through `sink`, batch by batch."""
-    for idx, n_pos in plan_batches(layers, positions, engine.max_row_positions):
+    for idx, n_pos in plan_batches(layers, positions, max_row_positions or engine.max_row_positions):
         check(cancel)
         t = torch.from_numpy(idx)
         batch = RowBatch(layers[idx], positions[idx], vectors[t.to(vectors.device)], n_pos)
@@ -286,10 +289,10 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
     budget = n_active if params.max_feature_nodes is None else min(params.max_feature_nodes, n_active)
     bs = params.batch_size
     L, P = tc.n_layers, ids.shape[0]
-    # A batch holds at most bs x P row-positions (the state of the padded [bs, P, d] batch it replaces),
-    # or MIN_ROW_POSITIONS: small batch sizes then do not change how rows are grouped, so the graph does
-    # not depend on batch_size even in the last bit.
-    engine = PackedBackward(fb, p0.clean, edges.layout, max_row_positions=max(bs * P, MIN_ROW_POSITIONS))
+    # A batch holds at most bs x P row-positions: the state of the padded [bs, P, d] batch it replaces.
+    engine = PackedBackward(fb, p0.clean, edges.layout, max_row_positions=bs * P)
+    # the logit rows in one batch whatever the batch size (they are few)
+    logit_rp = max(bs, K) * P
     active = p0.active.cpu().numpy()
     logit_layers, logit_pos = np.full(K, L, dtype=np.int64), np.full(K, P - 1, dtype=np.int64)
     total_batches = math.ceil(budget / bs)
@@ -301,7 +304,7 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
         sink = _BlockSink(edges.layout)
         t0 = time.perf_counter()
         _run_rows(engine, sink, logit_layers, logit_pos, p0.targets.vectors,
-                  n_cols + np.arange(K, dtype=np.int64), cancel)
+                  n_cols + np.arange(K, dtype=np.int64), cancel, max_row_positions=logit_rp)
         report(progress, "Logit rows", K, K)
         timings["logit_rows"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -323,7 +326,8 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
         row_nodes[:K] = torch.arange(n_cols, n_cols + K)
         sink = _BlockSink(edges.layout, matrix)
         t0 = time.perf_counter()
-        _run_rows(engine, sink, logit_layers, logit_pos, p0.targets.vectors, np.arange(K, dtype=np.int64), cancel)
+        _run_rows(engine, sink, logit_layers, logit_pos, p0.targets.vectors, np.arange(K, dtype=np.int64), cancel,
+                  max_row_positions=logit_rp)
         report(progress, "Logit rows", K, K)
         timings["logit_rows"] = time.perf_counter() - t0
 

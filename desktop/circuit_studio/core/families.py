@@ -17,9 +17,11 @@ Hook points (circuit-tracer / TransformerLens names, spec §1.1), per layer:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where used: the window names these types before it loads a model
+    import torch
+    from torch import nn
 
 READ_HOOKS = ("mlp.hook_in", "ln2.hook_normalized", "hook_resid_mid")
 WRITE_HOOKS = ("mlp.hook_out", "hook_mlp_out")
@@ -61,6 +63,8 @@ class Norm:
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """Per-position inverse scale [.., 1] of input x [.., d] (float32): what freezing detaches."""
+        import torch
+
         x = x.float()
         if self.kind == "layer":
             return torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + self.eps)

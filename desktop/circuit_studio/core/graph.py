@@ -10,9 +10,13 @@ Node order (rows and columns of `adjacency_matrix`), the contract every other mo
 
 `adjacency_matrix[t, s]` is the direct effect of source s on target t (rows = targets, columns =
 sources), as in circuit-tracer. Only feature and logit rows are non-zero; logit columns are zero.
+The graph holds it as `adjacency` (`core.adjacency.Adjacency`): attribution writes only the entries
+that can be non-zero, in blocks; `adjacency_matrix` builds the dense [N, N] view on first use.
 
 Files: `save_graph` writes one `.npz` holding the arrays and a JSON header (no pickle), so a graph
-can be reopened without torch and without the model.
+can be reopened without torch and without the model. Format 1 stores the dense `adjacency_matrix`
+(graphs of up to `DENSE_FILE_MAX_NODES` nodes); format 2 stores the blocks (`write_graph_npz`).
+`load_graph` reads both.
 """
 
 from __future__ import annotations

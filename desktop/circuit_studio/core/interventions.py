@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import CircuitStudioError
-from .model_loading import ModelBundle, tokenize_prompt
-from .replacement import CleanRun, record_clean_run, run_frozen
-from .transcoders import TranscoderSet
+
+if TYPE_CHECKING:  # torch and the model code are imported where used: the window imports this module at start
+    import torch
+
+    from .model_loading import ModelBundle
+    from .replacement import CleanRun
+    from .transcoders import TranscoderSet
 
 
 class InterventionError(CircuitStudioError):
@@ -77,6 +80,8 @@ class _Deltas:
     def __init__(self, tc: TranscoderSet, interventions: list[Intervention], n_pos: int, zeroed: int,
                  intervention_range: set[int], base: torch.Tensor | None, apply_activation_function: bool,
                  keep_activations: bool, device, dtype) -> None:
+        import torch
+
         self.tc, self.zeroed, self.range, self.base = tc, zeroed, intervention_range, base
         self.apply = apply_activation_function
         self.by_layer: dict[int, list[Intervention]] = defaultdict(list)
@@ -86,6 +91,8 @@ class _Deltas:
         self.activations: list[torch.Tensor | None] | None = [None] * tc.n_layers if keep_activations else None
 
     def __call__(self, layer: int, read: torch.Tensor) -> torch.Tensor | None:
+        import torch
+
         tc = self.tc
         if self.activations is not None or (layer in self.by_layer and self.base is None):
             pre = tc.pre_activations(layer, read)
@@ -119,6 +126,8 @@ def intervene(bundle: ModelBundle, tc: TranscoderSet, prompt: str | list[int] | 
               freeze_attention: bool = True, apply_activation_function: bool = True,
               return_activations: bool = True, clean: CleanRun | None = None) -> InterventionResult:
     """Run the prompt with the interventions applied; see the module docstring."""
+    from .model_loading import tokenize_prompt
+
     ids = tokenize_prompt(bundle, prompt)
     result, _, _ = _intervened_pass(bundle, tc, ids, interventions, constrained_layers, freeze_attention,
                                     apply_activation_function, return_activations, clean, use_cache=False)
@@ -127,6 +136,10 @@ def intervene(bundle: ModelBundle, tc: TranscoderSet, prompt: str | list[int] | 
 
 def _intervened_pass(bundle, tc, ids, interventions, constrained_layers, freeze_attention, apply_activation_function,
                      return_activations, clean, use_cache):
+    import torch
+
+    from .replacement import record_clean_run, run_frozen
+
     L, P = tc.n_layers, ids.shape[0]
     check_interventions(interventions, tc, P)
     constrained = set(constrained_layers or ())
@@ -160,6 +173,11 @@ def generate(bundle: ModelBundle, tc: TranscoderSet, prompt: str | list[int] | t
              interventions: list[Intervention], n_tokens: int, *, constrained_layers=None,
              freeze_attention: bool = True) -> Generation:
     """Greedy continuation with interventions (circuit-tracer's `feature_intervention_generate`)."""
+    import torch
+
+    from .model_loading import tokenize_prompt
+    from .replacement import run_frozen
+
     if n_tokens < 1:
         raise InterventionError(f"Asked to generate {n_tokens} tokens.", "Ask for at least one.")
     ids = tokenize_prompt(bundle, prompt)
@@ -250,6 +268,8 @@ class InterventionUpdate:
         """Next-token probabilities (float64 numpy [V]) before and after, at the last position. Computed once."""
         probs = self.__dict__.get("_probabilities")
         if probs is None:
+            import torch
+
             probs = (torch.softmax(self.before[-1].double(), -1).numpy(),
                      torch.softmax(self.after[-1].double(), -1).numpy())
             object.__setattr__(self, "_probabilities", probs)  # a memo, not state: frozen otherwise
@@ -262,6 +282,7 @@ class SteeringRun:
 
     def __init__(self, bundle: ModelBundle, tc: TranscoderSet, graph) -> None:
         import numpy as np
+        import torch
 
         self.bundle, self.tc, self.graph = bundle, tc, graph
         self.ids = torch.tensor(np.asarray(graph.input_tokens, dtype=np.int64))
@@ -273,6 +294,8 @@ class SteeringRun:
 
     def clean_run(self) -> CleanRun:
         if self.clean is None:
+            from .replacement import record_clean_run
+
             self.clean = record_clean_run(self.bundle, self.ids, self.tc)
         return self.clean
 
@@ -288,6 +311,7 @@ def activation_changes(graph, activations: torch.Tensor,
     `activation_values` and after is `activations` [L, P, F] with each intervention's set value written in
     (`intervene` reports a set feature's activation before it is set). Changes under CHANGE_EPS are left out."""
     import numpy as np
+    import torch
 
     acts = activations.detach().float().cpu().clone()
     for iv in interventions:
@@ -367,6 +391,8 @@ def compute_continuation(run: SteeringRun, update: InterventionUpdate) -> Interv
 def sweep_probabilities(run: SteeringRun, build, values: list[float], token_id: int, freeze: bool,
                         progress=None, cancel=None, phase: str = "Strength sweep") -> list[float]:
     """The probability of `token_id` at the last position for `build(v)`'s interventions, for each v."""
+    import torch
+
     from .progress import check, report
 
     clean = run.clean_run()

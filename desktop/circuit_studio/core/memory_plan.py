@@ -18,7 +18,7 @@ What is counted (bytes of the dtype each part is held in):
   whole set is moved there.
 * attribution: the active features' encoder and decoder rows, the clean forward pass (feature
   activations [L, P, F], residual reads/writes/errors, attention patterns [L, H, P, P], logits),
-  one frozen-backward batch (`ROW_POSITIONS` x d per buffer), and the graph itself. The adjacency is
+  one frozen-backward batch (batch size x P row-positions x d per buffer), and the graph itself. The adjacency is
   held in blocks of the entries that can be non-zero (`core.adjacency`): a feature row at (layer l,
   position p) has one per feature and error of layers < l at positions <= p and per token at
   positions <= p (`allowed_entries`), a logit row one per source. With a feature budget the rows
@@ -46,7 +46,6 @@ DEFAULT_ACTIVE_PER_TOKEN = 64
 # [row-positions, d] buffers of one packed frozen-backward batch: the state, attention heads, mixed
 # heads, the skip product and the injected rows' outer products
 BACKWARD_TENSORS = 5
-ROW_POSITIONS = 8192  # the least row-positions a batch holds (attribution.MIN_ROW_POSITIONS)
 PRUNING_SHARE = 0.5  # pruning's working set, as a share of the adjacency blocks
 # use at most this share of what is free: allocator fragmentation, temporaries, the rest of the app
 HEADROOM = 0.9
@@ -272,7 +271,7 @@ def _parts(model: Any, tc: Any, device: str, dtype: str, offload: str | None,
                    + P * model.vocab_size * 4)
         parts.append(Part("forward pass", forward, on,
                           f"activations [L, P, F], attention patterns and logits for {P} tokens"))
-        backward = max(B * P, ROW_POSITIONS) * d * cb * BACKWARD_TENSORS + B * n_cols * 4
+        backward = B * P * d * cb * BACKWARD_TENSORS + B * n_cols * 4
         parts.append(Part("backward batches", backward, on, f"batch size {B}"))
         entries = allowed_entries(L, P, _per_token(tc, run))
         if selected >= n_active:  # every feature: rows written straight into the blocks

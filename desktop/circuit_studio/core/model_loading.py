@@ -17,14 +17,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ModelLoadError, PromptError
 from .families import SUPPORTED_ARCHITECTURES, Architecture, describe_architecture, family_of
 from .hub_cache import HubCacheError, HubRef, looks_like_repo_ref, parse_repo_ref, resolve_folder
 from .memory_plan import loads_straight_to_gpu
 from .progress import CancelToken, ProgressFn, check, report
+
+if TYPE_CHECKING:  # torch is imported where used: the window describes models before it loads one
+    import torch
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -95,6 +97,8 @@ class ModelBundle:
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -254,16 +258,21 @@ def load_tokenizer(summary: ModelSummary):
 
 
 def load_model(model: str | Path, *, device: str | torch.device | None = None,
-               dtype: torch.dtype = torch.float32, progress: ProgressFn | None = None,
+               dtype: torch.dtype | None = None, progress: ProgressFn | None = None,
                cancel: CancelToken | None = None, tokenizer=None) -> ModelBundle:
     """Load model + tokenizer from a local folder or cached repo id (offline, no remote code) in
-    eval mode. `tokenizer`: one already read with `load_tokenizer`, to not read it twice."""
+    eval mode (float32 unless `dtype` says otherwise). `tokenizer`: one already read with
+    `load_tokenizer`, to not read it twice."""
+    import torch
+
+    summary = describe_model(model)
+    dtype = torch.float32 if dtype is None else dtype
+    report(progress, "Loading model", 0, 3, summary.name)  # before transformers' import: the first line of work
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from .attention import ATTENTION_IMPLEMENTATION, register_attention
 
-    summary = describe_model(model)
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("CUDA was requested but no CUDA device is available.", "Use --device cpu.")
@@ -271,7 +280,6 @@ def load_model(model: str | Path, *, device: str | torch.device | None = None,
         raise ModelLoadError(f"dtype {dtype} is not supported.", "Use float32 (default) or bfloat16.")
     register_attention()
     hf_logging.disable_progress_bar()  # progress goes through our callback, not to the terminal
-    report(progress, "Loading model", 0, 3, summary.name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(summary)
     check(cancel)
@@ -328,6 +336,8 @@ def _refuse_missing(summary: ModelSummary, net: torch.nn.Module, missing) -> Non
 
 def _first_non_finite(t: torch.Tensor) -> int | None:
     """Flat index of the first NaN/Inf in `t`, checking a chunk at a time (no full-size mask)."""
+    import torch
+
     flat = t.detach().reshape(-1)
     for start in range(0, flat.numel(), _CHECK_CHUNK):
         bad = ~torch.isfinite(flat[start: start + _CHECK_CHUNK])
@@ -345,6 +355,8 @@ def _stored_key(tensors: dict[str, StoredWeight], name: str) -> str | None:
 
 
 def _stored_is_finite(summary: ModelSummary, stored: StoredWeight, key: str) -> bool:
+    import torch
+
     from safetensors import safe_open
 
     with safe_open(str(summary.folder / stored.file), framework="pt") as fh:
@@ -359,6 +371,8 @@ def _stored_is_finite(summary: ModelSummary, stored: StoredWeight, key: str) -> 
 def _refuse_non_finite(summary: ModelSummary, net: torch.nn.Module, dtype: torch.dtype,
                        cancel: CancelToken | None) -> None:
     """Refuse NaN or Inf in any weight, naming the file and tensor: one would reach every score."""
+    import torch
+
     bad: list[tuple[str, int]] = []
     for name, p in net.named_parameters():
         check(cancel)
@@ -390,6 +404,8 @@ def tokenize_prompt(bundle: ModelBundle, prompt: str | bytes | list[int] | torch
     """Prompt -> token ids [P] (spec §1.5): no special tokens added, then a BOS put in front unless
     the first id is already special. The BOS is the first truthy id among bos/pad/eos/special ids.
     Text must be UTF-8 (`bytes` are decoded as such); anything else raises PromptError."""
+    import torch
+
     from .text_input import prompt_text
 
     tok = bundle.tokenizer
@@ -430,10 +446,14 @@ def _starts_with_chat_header(tok, ids: list[int]) -> bool:
 
 
 def decode_tokens(bundle: ModelBundle, ids: torch.Tensor | list[int]) -> tuple[str, ...]:
+    import torch
+
     ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
     return tuple(bundle.tokenizer.decode([i]) for i in ids)
 
 
 def device_name() -> str:
     """What the window's status bar calls the compute device: the first CUDA device's name, or "CPU"."""
+    import torch
+
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"

@@ -29,8 +29,8 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from . import hub_cache, weight_files
@@ -39,6 +39,9 @@ from .families import READ_HOOKS, WRITE_HOOKS
 from .progress import CancelToken, ProgressFn, check, report
 from .transcoder_formats import CT_CLT_DEC, CT_CLT_ENC, GEMMASCOPE_2, OPTIONAL, REQUIRED, SPARSIFY, Layout, Source, per_layer_layout
 from .transcoders import TranscoderSet
+
+if TYPE_CHECKING:  # torch is imported where used: the window describes transcoders before it loads them
+    import torch
 
 _fail = TranscoderLoadError  # (message naming the file or value, hint saying what to do)
 
@@ -482,6 +485,8 @@ def load_transcoders(spec: str | Path, *, device: torch.device | str = "cpu", dt
     dtype (nothing is copied; pages are read when touched). Another `device` or `dtype` copies
     them there layer by layer. Raises TranscoderLoadError naming the bad file, tensor or value
     (NaN and Inf included), Cancelled if `cancel` is set between layers."""
+    import torch
+
     plan = _plan(spec)
     s, act = _validate(plan)
     device = torch.device(device)

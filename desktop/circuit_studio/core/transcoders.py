@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import weight_files
+
+if TYPE_CHECKING:  # torch is imported where used
+    import torch
 
 ACTIVATIONS = ("jumprelu", "relu", "topk", "relu_topk")
 _ACTIVATION_NAMES = {"jumprelu": "JumpReLU", "relu": "ReLU", "topk": "TopK", "relu_topk": "TopK (ReLU)"}
@@ -36,6 +38,8 @@ _CHUNK_ELEMENTS = 1 << 24  # weights cast per chunk: 64 MB of float32 at a time
 
 
 def _per_layer(t) -> tuple[torch.Tensor, ...] | None:
+    import torch
+
     if t is None:
         return None
     return tuple(t.unbind(0)) if isinstance(t, torch.Tensor) else tuple(t)
@@ -126,6 +130,8 @@ class TranscoderSet:
     # ---- maths ----
     def pre_activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """x [.., d] at the read point of `layer` -> pre-activations [.., F], in x's dtype."""
+        import torch
+
         w = self.w_enc[layer]
         b = self.b_enc[layer].to(device=x.device, dtype=x.dtype)
         F = w.shape[0]
@@ -138,6 +144,8 @@ class TranscoderSet:
         return out.add_(b)
 
     def activate(self, layer: int, pre: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.activation == "relu":
             return torch.relu(pre)
         if self.activation == "jumprelu":
@@ -154,6 +162,8 @@ class TranscoderSet:
 
     def encoder_rows(self, layers: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Encoder rows [n, d] of (layer, feature) pairs, in the stored dtype on the weights' device."""
+        import torch
+
         out = torch.empty(layers.shape[0], self.d_model, dtype=self.dtype, device=self.w_enc[0].device)
         layers, features = layers.cpu(), features.cpu()
         for layer in torch.unique(layers).tolist():
@@ -183,6 +193,8 @@ class TranscoderSet:
         """acts [L, P, F] and read tensors x [L, P, d] -> reconstructed outputs [L, P, d].
 
         Only the decoder rows of features active somewhere are read (sparse activations)."""
+        import torch
+
         L = self.n_layers
         out = self.b_dec[:, None, :].to(device=acts.device, dtype=acts.dtype).expand(L, acts.shape[1], -1).clone()
         for src in range(L):

@@ -22,13 +22,24 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where used: headers are read before any weight is loaded
+    import torch
+
+_ST_NAMES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+
+
+@lru_cache(maxsize=1)
+def _st_dtypes() -> dict:
+    """safetensors dtype names -> torch dtypes."""
+    import torch
+
+    return dict(zip(_ST_NAMES, (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+                                torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)))
 
 
 class WeightFileError(Exception):
@@ -83,10 +94,10 @@ def _safetensors_index(path: Path) -> dict[str, StoredTensor]:
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        if info["dtype"] not in _ST_DTYPES:
+        if info["dtype"] not in _ST_NAMES:
             raise WeightFileError(f"tensor {key!r} has unsupported dtype {info['dtype']}")
         begin, end = info["data_offsets"]
-        t = StoredTensor(path, key, tuple(int(s) for s in info["shape"]), _ST_DTYPES[info["dtype"]], data0 + begin)
+        t = StoredTensor(path, key, tuple(int(s) for s in info["shape"]), _st_dtypes()[info["dtype"]], data0 + begin)
         if end - begin != t.nbytes or data0 + end > size:
             raise WeightFileError(f"tensor {key!r} runs past the end of the file (truncated?)")
         out[key] = t
@@ -94,6 +105,8 @@ def _safetensors_index(path: Path) -> dict[str, StoredTensor]:
 
 
 def _npz_index(path: Path) -> dict[str, StoredTensor]:
+    import torch
+
     out = {}
     with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
         for info in zf.infolist():
@@ -140,6 +153,8 @@ def _mapping(path: Path) -> mmap.mmap:
 
 def mapped(t: StoredTensor) -> torch.Tensor:
     """The tensor as a zero-copy view of the file (stored dtype); compressed npz members are read."""
+    import torch
+
     if t.compressed:
         with np.load(t.path, allow_pickle=False) as z:
             return torch.from_numpy(np.ascontiguousarray(z[t.key]))
@@ -164,6 +179,8 @@ def drop_pages(paths) -> None:
 def first_non_finite(t: torch.Tensor, chunk_bytes: int = 16 << 20) -> tuple[int, ...] | None:
     """Index of the first NaN/Inf in `t`, or None. Reads `t` a block of rows at a time, so a
     memory-mapped tensor is never copied whole (views such as transposes are fine)."""
+    import torch
+
     if not t.is_floating_point() or t.numel() == 0:
         return None
     if t.dim() == 0:
