@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..core.progress import CancelToken, ProgressFn
-from .model_options import MODEL_HELP, TRANSCODERS_HELP, add_placement_options, load_planned
+from .model_options import MODEL_HELP, TRANSCODERS_HELP, add_attribution_options, add_placement_options, load_planned
 from .options import check_option, check_outputs
 from .target_options import add_target_options, targets_from_args
 
@@ -23,15 +23,7 @@ def add_parser(sub) -> None:
                    help="trace the prompt as a user turn under the tokenizer's chat template (instruct models)")
     p.add_argument("--out", required=True, type=Path, help="frontend graph JSON to write")
     p.add_argument("--npz", type=Path, help="also write the full graph and masks as .npz")
-    p.add_argument("--max-n-logits", type=int, default=10)
-    p.add_argument("--desired-logit-prob", type=float, default=0.95)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-feature-nodes", type=int, default=7500,
-                   help="feature budget (default 7500, as circuit-tracer's CLI; 0 or less = no budget)")
-    p.add_argument("--node-threshold", type=float, default=0.8)
-    p.add_argument("--edge-threshold", type=float, default=0.98)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_attribution_options(p)
     add_placement_options(p)
     p.add_argument("--slug", default=None, help="graph name in the JSON (default: the output file's stem)")
     add_target_options(p)

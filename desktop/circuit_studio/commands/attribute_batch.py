@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..core.errors import CircuitStudioError
 from ..core.progress import CancelToken, ProgressFn
-from .model_options import MODEL_HELP, TRANSCODERS_HELP
+from .model_options import MODEL_HELP, TRANSCODERS_HELP, add_attribution_options
 from .options import check_option
 
 SESSION_SUFFIX = ".cs-session"  # as core.session.SESSION_SUFFIX (not imported: keeps --help fast)
@@ -35,15 +35,7 @@ def add_parser(sub) -> None:
                         "running cluster (needs circuit-studio[scale])")
     p.add_argument("--workers", type=int, default=None,
                    help="Ray actors, each holding the model (default: one per GPU, else one per CPU)")
-    p.add_argument("--max-n-logits", type=int, default=10)
-    p.add_argument("--desired-logit-prob", type=float, default=0.95)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-feature-nodes", type=int, default=7500,
-                   help="feature budget (default 7500, as circuit-tracer's CLI; 0 or less = no budget)")
-    p.add_argument("--node-threshold", type=float, default=0.8)
-    p.add_argument("--edge-threshold", type=float, default=0.98)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    add_attribution_options(p)
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:

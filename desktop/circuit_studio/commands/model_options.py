@@ -27,6 +27,19 @@ def add_placement_options(p: argparse.ArgumentParser) -> None:
                    help="go on even when the memory plan says the run will not fit")
 
 
+def add_attribution_options(p: argparse.ArgumentParser) -> None:
+    """The attribution and pruning settings of every command that traces graphs (circuit-tracer's defaults)."""
+    p.add_argument("--max-n-logits", type=int, default=10)
+    p.add_argument("--desired-logit-prob", type=float, default=0.95)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-feature-nodes", type=int, default=7500,
+                   help="feature budget (default 7500, as circuit-tracer's CLI; 0 or less = no budget)")
+    p.add_argument("--node-threshold", type=float, default=0.8)
+    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+
 def torch_dtype(name: str):
     import torch
 
