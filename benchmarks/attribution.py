@@ -39,15 +39,15 @@ import torch  # noqa: E402
 
 torch.set_flush_denormal(True)  # before any parallel work, as the command line does (frozen_backward.flush_subnormals)
 
-from circuit_studio.core.attribution import attribute  # noqa: E402
-from circuit_studio.core.frozen_backward import needed_macs  # noqa: E402
-from circuit_studio.core.graph import AttributionParams  # noqa: E402
-from circuit_studio.core.model_loading import load_model  # noqa: E402
-from circuit_studio.core.pruning import Pruner  # noqa: E402
+from circuit_studio.core.attribution.attribute import attribute  # noqa: E402
+from circuit_studio.core.attribution.frozen_backward import needed_macs  # noqa: E402
+from circuit_studio.core.graph.attribution_graph import AttributionParams  # noqa: E402
+from circuit_studio.core.model.loading import load_model  # noqa: E402
+from circuit_studio.core.graph.pruning import Pruner  # noqa: E402
 from circuit_studio.core.synthetic import (  # noqa: E402
     MEDIUM_DIMS, build_model, build_model_folder, calibrate_thresholds, mlp_read_inputs, random_transcoders)
-from circuit_studio.core.transcoder_loading import load_transcoders  # noqa: E402
-from circuit_studio.core.transcoder_writing import save_transcoders  # noqa: E402
+from circuit_studio.core.transcoders.loading import load_transcoders  # noqa: E402
+from circuit_studio.core.transcoders.writing import save_transcoders  # noqa: E402
 
 PROMPT = ("the capital of Texas is Austin and the capital of France is Paris and the big red "
           "dog is on the ship at the sea")

@@ -32,7 +32,7 @@ import numpy as np
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
 
-from circuit_studio.core.graph import AttributionGraph  # noqa: E402
+from circuit_studio.core.graph.attribution_graph import AttributionGraph  # noqa: E402
 
 WORDS = ("the capital of the state containing Dallas is Austin and the opposite of hot is cold while one plus "
          "two equals three so Paris is in France").split()
@@ -114,7 +114,7 @@ def main() -> None:
 
     from PySide6.QtWidgets import QApplication
 
-    from circuit_studio.core.analysis import Analysis
+    from circuit_studio.core.session.analysis import Analysis
     from circuit_studio.ui.canvas.edges import VIEW_SETTLE_MS
     from circuit_studio.ui.canvas.view import GraphCanvas
     from circuit_studio.ui.controller import Controller

@@ -20,11 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
 
-from circuit_studio.core.attribution import attribute  # noqa: E402
-from circuit_studio.core.graph import AttributionParams  # noqa: E402
-from circuit_studio.core.model_loading import load_model  # noqa: E402
-from circuit_studio.core.pruning import Pruner  # noqa: E402
-from circuit_studio.core.transcoder_loading import load_transcoders  # noqa: E402
+from circuit_studio.core.attribution.attribute import attribute  # noqa: E402
+from circuit_studio.core.graph.attribution_graph import AttributionParams  # noqa: E402
+from circuit_studio.core.model.loading import load_model  # noqa: E402
+from circuit_studio.core.graph.pruning import Pruner  # noqa: E402
+from circuit_studio.core.transcoders.loading import load_transcoders  # noqa: E402
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from circuit_studio.core.corpus_text import token_windows  # noqa: E402
-from circuit_studio.core.feature_index import FeatureIndex, build_feature_index  # noqa: E402
-from circuit_studio.core.model_loading import load_model  # noqa: E402
+from circuit_studio.core.features.corpus_text import token_windows  # noqa: E402
+from circuit_studio.core.features.index import FeatureIndex, build_feature_index  # noqa: E402
+from circuit_studio.core.model.loading import load_model  # noqa: E402
 from circuit_studio.core.synthetic import WORDS, build_model_folder, default_hooks, random_transcoders  # noqa: E402
 
 

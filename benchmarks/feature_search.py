@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "desktop"))
 
-from circuit_studio.core.feature_index import INDEX_FORMAT, INDEX_VERSION, FeatureIndex, pack_arrays  # noqa: E402
-from circuit_studio.core.feature_index_build import _create_schema, auto_label  # noqa: E402
-from circuit_studio.core.feature_search import FeatureSearch, has_fts5  # noqa: E402
+from circuit_studio.core.features.index import INDEX_FORMAT, INDEX_VERSION, FeatureIndex, pack_arrays  # noqa: E402
+from circuit_studio.core.features.index_build import _create_schema, auto_label  # noqa: E402
+from circuit_studio.core.features.search import FeatureSearch, has_fts5  # noqa: E402
 from circuit_studio.core.synthetic import WORDS  # noqa: E402
 
 DEMO_INDEX = ROOT / "resources" / "demo" / "features.sqlite"

@@ -25,11 +25,11 @@ sys.path.insert(0, str(HERE.parent / "desktop"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from circuit_studio.core.attribution import attribute  # noqa: E402
-from circuit_studio.core.graph import AttributionParams, load_graph, save_graph  # noqa: E402
-from circuit_studio.core.head_attribution import HeadAnalysis  # noqa: E402
-from circuit_studio.core.model_loading import load_model  # noqa: E402
-from circuit_studio.core.transcoder_loading import load_transcoders  # noqa: E402
+from circuit_studio.core.attribution.attribute import attribute  # noqa: E402
+from circuit_studio.core.graph.attribution_graph import AttributionParams, load_graph, save_graph  # noqa: E402
+from circuit_studio.core.attribution.heads import HeadAnalysis  # noqa: E402
+from circuit_studio.core.model.loading import load_model  # noqa: E402
+from circuit_studio.core.transcoders.loading import load_transcoders  # noqa: E402
 
 
 def _attribution_benchmark():

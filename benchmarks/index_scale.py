@@ -28,11 +28,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from circuit_studio.core.corpus_text import read_corpus, token_windows  # noqa: E402
-from circuit_studio.core.feature_index_build import build_feature_index  # noqa: E402
-from circuit_studio.core.feature_index_shards import IndexSettings  # noqa: E402
-from circuit_studio.core.model_loading import load_model  # noqa: E402
-from circuit_studio.core.transcoder_loading import load_transcoders  # noqa: E402
+from circuit_studio.core.features.corpus_text import read_corpus, token_windows  # noqa: E402
+from circuit_studio.core.features.index_build import build_feature_index  # noqa: E402
+from circuit_studio.core.features.index_shards import IndexSettings  # noqa: E402
+from circuit_studio.core.model.loading import load_model  # noqa: E402
+from circuit_studio.core.transcoders.loading import load_transcoders  # noqa: E402
 
 DEMO = ROOT / "resources" / "demo"
 

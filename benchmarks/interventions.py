@@ -20,13 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
 
-from circuit_studio.core.attribution import attribute  # noqa: E402
-from circuit_studio.core.contrast import distinct_features, swap_interventions  # noqa: E402
-from circuit_studio.core.interventions import generate, intervene  # noqa: E402
-from circuit_studio.core.model_loading import load_model, tokenize_prompt  # noqa: E402
-from circuit_studio.core.pruning import Pruner  # noqa: E402
-from circuit_studio.core.replacement import record_clean_run  # noqa: E402
-from circuit_studio.core.transcoder_loading import load_transcoders  # noqa: E402
+from circuit_studio.core.attribution.attribute import attribute  # noqa: E402
+from circuit_studio.core.interventions.contrast import distinct_features, swap_interventions  # noqa: E402
+from circuit_studio.core.interventions.intervene import generate, intervene  # noqa: E402
+from circuit_studio.core.model.loading import load_model, tokenize_prompt  # noqa: E402
+from circuit_studio.core.graph.pruning import Pruner  # noqa: E402
+from circuit_studio.core.model.replacement import record_clean_run  # noqa: E402
+from circuit_studio.core.transcoders.loading import load_transcoders  # noqa: E402
 
 A = "The capital of the state containing Dallas is"
 B = "The capital of the state containing San Diego is"

@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
 
-from circuit_studio.core.graph import AttributionGraph  # noqa: E402
-from circuit_studio.core.pruning import Pruner, graph_scores, node_influence, prune_graph  # noqa: E402
+from circuit_studio.core.graph.attribution_graph import AttributionGraph  # noqa: E402
+from circuit_studio.core.graph.pruning import Pruner, graph_scores, node_influence, prune_graph  # noqa: E402
 
 
 def synthetic_graph(n_features: int, n_layers: int, n_pos: int, n_logits: int, density: float,

@@ -234,10 +234,10 @@ class PeakSampler:
 
 
 def measure(rel: Release, root: Path, s: int, args: argparse.Namespace) -> dict:
-    from circuit_studio.core.attribution import attribute
-    from circuit_studio.core.graph import AttributionParams
-    from circuit_studio.core.model_loading import load_model
-    from circuit_studio.core import transcoder_loading as tl
+    from circuit_studio.core.attribution.attribute import attribute
+    from circuit_studio.core.graph.attribution_graph import AttributionParams
+    from circuit_studio.core.model.loading import load_model
+    from circuit_studio.core.transcoders import loading as tl
 
     out, sampler = {"rss_start": _mem()}, PeakSampler()
     t0 = time.perf_counter()

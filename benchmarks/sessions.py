@@ -34,10 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "desktop"))
 
-from circuit_studio.core.analysis import Supernode  # noqa: E402
-from circuit_studio.core.graph import AttributionGraph  # noqa: E402
-from circuit_studio.core.session import GraphRecord, ModelRef, Session, TranscoderRef  # noqa: E402
-from circuit_studio.core.session_store import load_session, save_session, save_session_as  # noqa: E402
+from circuit_studio.core.session.analysis import Supernode  # noqa: E402
+from circuit_studio.core.graph.attribution_graph import AttributionGraph  # noqa: E402
+from circuit_studio.core.session.records import GraphRecord, ModelRef, Session, TranscoderRef  # noqa: E402
+from circuit_studio.core.session.store import load_session, save_session, save_session_as  # noqa: E402
 
 AUTOSAVE_AIM_BYTES, AUTOSAVE_AIM_SECONDS = 1 << 20, 0.050
 

@@ -63,9 +63,9 @@ SHIMS = {"jetpack_2024-07-20.js": """/* check_frontend.py: jetpack_2024 compatib
 def export_folder(out: Path) -> None:
     sys.path.insert(0, str(REPO / "desktop"))
     from circuit_studio.cli import main
-    from circuit_studio.core.export import analysis_options, write_graph_files
-    from circuit_studio.core.graph import NodeKind
-    from circuit_studio.core.graph_import import load_graph_json
+    from circuit_studio.core.graph.export import analysis_options, write_graph_files
+    from circuit_studio.core.graph.attribution_graph import NodeKind
+    from circuit_studio.core.graph.import_json import load_graph_json
 
     case = json.loads((CASE / "case.json").read_text())
     code = main(["attribute", "--model", str(CASE / "model"), "--transcoders", str(CASE / "transcoders"),

@@ -85,7 +85,7 @@ def main() -> None:
 def case_study(app: QApplication, window: MainWindow, out: Path) -> None:
     """The README's case study in the intervention pane: Dallas's two most influential city features
     ablated, San Diego's two set, on the two-hop prompt."""
-    from circuit_studio.core.contrast import distinct_features
+    from circuit_studio.core.interventions.contrast import distinct_features
 
     c = window.controller
     graphs = {}

@@ -10,6 +10,8 @@ import sys
 import tokenize
 from pathlib import Path
 
+import pytest
+
 DESKTOP = Path(__file__).resolve().parents[1] / "desktop"
 CORE = DESKTOP / "circuit_studio" / "core"
 GUI_MODULES = ("PySide6", "shiboken6", "pyqtgraph")
@@ -65,3 +67,30 @@ def test_ui_never_imports_torch():
     pattern = re.compile(r"^\s*(import torch\b|from torch\b)", re.MULTILINE)
     offenders = sorted(str(p.relative_to(UI)) for p in UI.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8")))
     assert not offenders, f"torch imported under ui/ (move the computation to core): {offenders}"
+
+
+_NO_TORCH_PROBE = """
+import importlib, pkgutil, sys
+import circuit_studio.core.{package} as package
+names = [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+for name in names:
+    importlib.import_module(name)
+print("IMPORTED", len(names), "HEAVY", ",".join(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("package", ["graph", "session"])
+def test_graph_and_session_import_without_torch(package):
+    """A graph or a session file can be read, pruned and exported by a script with numpy alone."""
+    env = dict(os.environ, PYTHONPATH=str(DESKTOP), HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-c", _NO_TORCH_PROBE.format(package=package)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    line = [l for l in res.stdout.splitlines() if l.startswith("IMPORTED")][-1]
+    assert int(line.split()[1]) > 3 and line.endswith("HEAVY "), f"core.{package} pulled in torch: {line}"
+
+
+def test_core_is_grouped_by_concept():
+    """Modules live in the subpackage of their concept; only cross-cutting helpers stay at the top."""
+    top = sorted(p.stem for p in CORE.glob("*.py") if p.stem != "__init__")
+    assert top == ["atomic_write", "errors", "processes", "progress", "synthetic", "text_input"], top

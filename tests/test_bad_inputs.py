@@ -21,9 +21,11 @@ from types import SimpleNamespace
 import pytest
 
 from circuit_studio.cli import main
-from circuit_studio.core import atomic_write, graph as graph_module, transcoder_writing
+from circuit_studio.core import atomic_write
+from circuit_studio.core.graph import attribution_graph as graph_module
+from circuit_studio.core.transcoders import writing as transcoder_writing
 from circuit_studio.core.errors import PromptError
-from circuit_studio.core.session_store import SessionLockedError, load_session, save_session
+from circuit_studio.core.session.store import SessionLockedError, load_session, save_session
 
 CASE = Path(__file__).resolve().parent / "fixtures" / "parity_extra" / "llama_relu_skip"
 MODEL, TRANSCODERS = CASE / "model", CASE / "transcoders"
@@ -46,7 +48,8 @@ def out(tmp_path) -> Path:
 @pytest.fixture
 def no_loading(monkeypatch):
     """Fails the test if the model or the transcoders get loaded: the input should be refused before."""
-    from circuit_studio.core import model_loading, transcoder_loading
+    from circuit_studio.core.model import loading as model_loading
+    from circuit_studio.core.transcoders import loading as transcoder_loading
 
     def loaded(*args, **kwargs):
         raise AssertionError("the bad input was only noticed after loading")
@@ -91,7 +94,7 @@ def test_prompt_bytes_that_are_not_utf8_on_the_command_line(out):
 
 @pytest.fixture(scope="module")
 def bundle():
-    from circuit_studio.core.model_loading import load_model
+    from circuit_studio.core.model.loading import load_model
 
     return load_model(MODEL, device="cpu")
 
@@ -102,7 +105,7 @@ def bundle():
     ("a\ud800b", "character 1 is an unpaired surrogate (U+D800)"),
 ])
 def test_prompt_that_is_not_utf8_in_the_core_api(bundle, prompt, message):
-    from circuit_studio.core.model_loading import tokenize_prompt
+    from circuit_studio.core.model.loading import tokenize_prompt
 
     with pytest.raises(PromptError, match="not UTF-8 text") as info:
         tokenize_prompt(bundle, prompt)
@@ -110,7 +113,7 @@ def test_prompt_that_is_not_utf8_in_the_core_api(bundle, prompt, message):
 
 
 def test_prompt_bytes_that_are_utf8_are_text(bundle):
-    from circuit_studio.core.model_loading import tokenize_prompt
+    from circuit_studio.core.model.loading import tokenize_prompt
 
     assert tokenize_prompt(bundle, PROMPT.encode()).tolist() == tokenize_prompt(bundle, PROMPT).tolist()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from circuit_studio.cli import main
-from circuit_studio.core.graph import load_graph
+from circuit_studio.core.graph.attribution_graph import load_graph
 
 CASE = Path(__file__).resolve().parent / "fixtures" / "parity_extra" / "llama_relu_skip"
 PROMPT = json.loads((CASE / "case.json").read_text())["prompt"]

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuit_studio.core.graph import AttributionGraph, AttributionParams
-from circuit_studio.core.transcoder_loading import load_transcoders
+from circuit_studio.core.graph.attribution_graph import AttributionGraph, AttributionParams
+from circuit_studio.core.transcoders.loading import load_transcoders
 
 VOCAB_SIZE = 65  # every case uses the same tiny WordLevel vocabulary
 _DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "parity"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuit_studio.core.analysis import MAX_PINNED, Analysis, Aspect
-from circuit_studio.core.layout import layered_layout
+from circuit_studio.core.session.analysis import MAX_PINNED, Analysis, Aspect
+from circuit_studio.core.graph.layout import layered_layout
 from parity_cases import case_dirs, reference_graph
 
 

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from circuit_studio.core.attribution import attribute
+from circuit_studio.core.attribution.attribute import attribute
 from circuit_studio.core.errors import Cancelled, PromptError, TranscoderLoadError
-from circuit_studio.core.graph import AttributionParams
-from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.graph.attribution_graph import AttributionParams
+from circuit_studio.core.model.loading import load_model
 from circuit_studio.core.progress import CancelToken
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
 

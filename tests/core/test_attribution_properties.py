@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.graph import AttributionParams, NodeKind
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.replacement import record_clean_run, run_frozen
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.graph.attribution_graph import AttributionParams, NodeKind
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.model.replacement import record_clean_run, run_frozen
 from circuit_studio.core.synthetic import FAMILIES, default_hooks, random_transcoders
 
 PROMPT = "the capital of the state of Dallas is Austin and the opposite of hot is"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from circuit_studio.core.chat_template import ChatTemplateError, chat_prompt_ids, chat_prompt_tokens
-from circuit_studio.core.model_loading import load_model, tokenize_prompt
+from circuit_studio.core.model.chat_template import ChatTemplateError, chat_prompt_ids, chat_prompt_tokens
+from circuit_studio.core.model.loading import load_model, tokenize_prompt
 from circuit_studio.core.synthetic import build_tokenizer
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo"

@@ -10,8 +10,8 @@ import pytest
 
 from parity_cases import EXTRA_CASES, reference_graph
 
-from circuit_studio.core.contrast import distinct_features, swap_interventions
-from circuit_studio.core.pruning import node_influence
+from circuit_studio.core.interventions.contrast import distinct_features, swap_interventions
+from circuit_studio.core.graph.pruning import node_influence
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from circuit_studio.core.display_text import elide, feature_name, layer_name, quoted, show_token, token_label
+from circuit_studio.core.graph.display_text import elide, feature_name, layer_name, quoted, show_token, token_label
 
 
 def test_tokens_in_running_text_keep_their_spaces_and_show_control_characters():

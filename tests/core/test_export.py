@@ -9,9 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from circuit_studio.core.export import (cantor_pairing, frontend_json, node_ids, write_frontend_json,
+from circuit_studio.core.graph.export import (cantor_pairing, frontend_json, node_ids, write_frontend_json,
                                         write_graph_files)
-from circuit_studio.core.pruning import prune_graph
+from circuit_studio.core.graph.pruning import prune_graph
 
 try:
     from .parity_cases import case_json, case_params, reference_frontend, reference_graph

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from circuit_studio.commands import index_features
-from circuit_studio.core.activations import collect_activations
-from circuit_studio.core.corpus_text import CorpusError, read_corpus, token_windows
+from circuit_studio.core.model.activations import collect_activations
+from circuit_studio.core.features.corpus_text import CorpusError, read_corpus, token_windows
 from circuit_studio.core.errors import Cancelled, TranscoderLoadError
-from circuit_studio.core.feature_index import FeatureIndex, FeatureIndexError, build_feature_index
-from circuit_studio.core.feature_index_build import auto_label
-from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.features.index import FeatureIndex, FeatureIndexError, build_feature_index
+from circuit_studio.core.features.index_build import auto_label
+from circuit_studio.core.model.loading import load_model
 from circuit_studio.core.progress import CancelToken
 from circuit_studio.core.synthetic import WORDS, default_hooks, random_transcoders
-from circuit_studio.core.transcoder_writing import save_transcoders
+from circuit_studio.core.transcoders.writing import save_transcoders
 
 N_FEATURES = 48
 CONTEXT = 16

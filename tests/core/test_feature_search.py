@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from circuit_studio.core.feature_index import FeatureIndex
-from circuit_studio.core.feature_search import FeatureSearch, graphs_with_feature, has_fts5
+from circuit_studio.core.features.index import FeatureIndex
+from circuit_studio.core.features.search import FeatureSearch, graphs_with_feature, has_fts5
 
 DEMO_INDEX = Path(__file__).resolve().parents[2] / "resources" / "demo" / "features.sqlite"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.graph_compare import (CHANGED, EDGE, LOGIT, ONLY_A, ONLY_B, compare_graphs, describe_row,
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.graph.compare import (CHANGED, EDGE, LOGIT, ONLY_A, ONLY_B, compare_graphs, describe_row,
                                                position_alignment)
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.pruning import Pruner
-from circuit_studio.core.transcoder_loading import load_transcoders
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.graph.pruning import Pruner
+from circuit_studio.core.transcoders.loading import load_transcoders
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo"
 A = "The capital of the state containing Dallas is"

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuit_studio.core.analysis import Analysis
+from circuit_studio.core.session.analysis import Analysis
 from circuit_studio.core.errors import GraphFileError
-from circuit_studio.core.export import INDEX_FILE, analysis_options, dump_frontend_json, frontend_json
-from circuit_studio.core.graph_import import graph_from_json, is_imported, load_graph_json
+from circuit_studio.core.graph.export import INDEX_FILE, analysis_options, dump_frontend_json, frontend_json
+from circuit_studio.core.graph.import_json import graph_from_json, is_imported, load_graph_json
 
 from parity_cases import parity_root
 
@@ -146,8 +146,8 @@ def test_cli_attribute_writes_the_graph_index(tmp_path):
 
 @needs_refs
 def test_an_imported_graph_survives_a_session_file(tmp_path):
-    from circuit_studio.core.session import Session
-    from circuit_studio.core.session_store import load_session, save_session
+    from circuit_studio.core.session.records import Session
+    from circuit_studio.core.session.store import load_session, save_session
 
     path = next(p for p in REFERENCES if p.parent.name == "gemma3_plt")
     ref = json.loads(path.read_text())

@@ -22,14 +22,14 @@ import torch
 
 # imported at collection time: TerminalProgress binds sys.stderr as a default argument when cli is imported
 from circuit_studio.cli import main
-from circuit_studio.core import attention as attention_module
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.families import Norm
-from circuit_studio.core.graph import AttributionParams, NodeKind
-from circuit_studio.core.head_attribution import HeadAnalysis
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.node_refs import node_ref, parse_node
-from circuit_studio.core.replacement import record_clean_run, removing_hooks, run_frozen
+from circuit_studio.core.model import attention as attention_module
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.model.families import Norm
+from circuit_studio.core.graph.attribution_graph import AttributionParams, NodeKind
+from circuit_studio.core.attribution.heads import HeadAnalysis
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.attribution.node_refs import node_ref, parse_node
+from circuit_studio.core.model.replacement import record_clean_run, removing_hooks, run_frozen
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
 
 PROMPT = "the capital of the state of Dallas is Austin and the opposite of hot is"
@@ -428,7 +428,7 @@ def test_heads_command_writes_the_report(tmp_path, capsys):
     assert "-> " in capsys.readouterr().out
 
     # a saved graph and one edge
-    from circuit_studio.core.graph import load_graph
+    from circuit_studio.core.graph.attribution_graph import load_graph
 
     npz = tmp_path / "g.npz"
     assert main(["attribute", "--model", str(CASE / "model"), "--transcoders", str(CASE / "transcoders"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuit_studio.core.analysis import Analysis
-from circuit_studio.core.history import History
+from circuit_studio.core.session.analysis import Analysis
+from circuit_studio.core.session.history import History
 from parity_cases import case_dirs, reference_graph
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.graph import AttributionParams
-from circuit_studio.core.interventions import Intervention, InterventionError, generate, intervene
-from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.graph.attribution_graph import AttributionParams
+from circuit_studio.core.interventions.intervene import Intervention, InterventionError, generate, intervene
+from circuit_studio.core.model.loading import load_model
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
 from parity_cases import case_dirs, load_case_transcoders
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from circuit_studio.cli import main  # at import: its progress bar binds the real stderr
-from circuit_studio.core import memory_plan as mp
-from circuit_studio.core.memory_plan import GPU, RAM, FreeMemory, RunSize, plan_memory
+from circuit_studio.core.model import memory_plan as mp
+from circuit_studio.core.model.memory_plan import GPU, RAM, FreeMemory, RunSize, plan_memory
 
 GIB = 1 << 30
 PLENTY = FreeMemory(ram=1 << 50, vram=1 << 50)
@@ -168,7 +168,7 @@ def _attribute(tmp_path, *extra):
 
 @pytest.fixture
 def little_ram(monkeypatch):
-    import circuit_studio.core.model_loading as ml
+    import circuit_studio.core.model.loading as ml
 
     monkeypatch.setattr(mp, "free_memory", lambda device="cpu": FreeMemory(ram=1 << 10, vram=None))
     loads = []

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from circuit_studio.core.errors import ModelLoadError, PromptError
-from circuit_studio.core.model_loading import describe_model, load_model, tokenize_prompt
+from circuit_studio.core.model.loading import describe_model, load_model, tokenize_prompt
 from circuit_studio.core.synthetic import FAMILIES
 
 PROMPT = "the capital of the state of Dallas is"

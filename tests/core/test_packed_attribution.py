@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from circuit_studio.core import graph as graph_module
-from circuit_studio.core import pruning
-from circuit_studio.core.adjacency import Adjacency, Block
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.export import frontend_json
-from circuit_studio.core.frozen_backward import needed_macs, plan_batches
-from circuit_studio.core.graph import AttributionParams, load_graph, save_graph
-from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.graph import attribution_graph as graph_module
+from circuit_studio.core.graph import pruning
+from circuit_studio.core.graph.adjacency import Adjacency, Block
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.graph.export import frontend_json
+from circuit_studio.core.attribution.frozen_backward import needed_macs, plan_batches
+from circuit_studio.core.graph.attribution_graph import AttributionParams, load_graph, save_graph
+from circuit_studio.core.model.loading import load_model
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
 
 PROMPT = "the capital of the state of Dallas is Austin and the opposite of hot is"
@@ -153,9 +153,9 @@ def test_only_the_needed_multiply_adds_are_done(traced, monkeypatch):
     """With one position per batch (and edges one product per position, not padded to a batched one)
     the work done is the exact need, plus only the pattern's upper triangle (applied as a square, in
     one product per layer)."""
-    import circuit_studio.core.attribution as attribution_module
-    from circuit_studio.core.frozen_backward import PackedBackward
-    from circuit_studio.core.frozen_backward import plan_batches as plan
+    import circuit_studio.core.attribution.attribute as attribution_module
+    from circuit_studio.core.attribution.frozen_backward import PackedBackward
+    from circuit_studio.core.attribution.frozen_backward import plan_batches as plan
 
     bundle, tc, graph = traced
     monkeypatch.setattr(attribution_module, "plan_batches", lambda *a, **k: plan(*a, **{**k, "min_rows": 1}))

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.graph import AttributionParams, load_graph, save_graph
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.pruning import graph_scores, prune_graph
-from circuit_studio.core.targets import CustomTarget
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.graph.attribution_graph import AttributionParams, load_graph, save_graph
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.graph.pruning import graph_scores, prune_graph
+from circuit_studio.core.attribution.targets import CustomTarget
 from parity_cases import case_dirs, expected_graph, load_case_transcoders, token_edges_rescaled
 
 CASES = case_dirs()

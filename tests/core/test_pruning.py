@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from circuit_studio.core.graph import AttributionGraph
-from circuit_studio.core.pruning import (InfluenceDidNotConverge, Pruner, _cut, compute_influence, find_threshold,
+from circuit_studio.core.graph.attribution_graph import AttributionGraph
+from circuit_studio.core.graph.pruning import (InfluenceDidNotConverge, Pruner, _cut, compute_influence, find_threshold,
                                          graph_scores, node_influence, normalize_matrix, prune_graph, to_networkx)
 
 try:
@@ -291,7 +291,7 @@ def test_parity_with_circuit_tracer(case):
 @pytest.mark.parametrize("seed", range(4))
 def test_sparse_and_dense_edge_scores_prune_alike(seed, monkeypatch):
     """Sparse graphs take the edge-list path, dense ones the matrix path: same masks either way."""
-    from circuit_studio.core import pruning
+    from circuit_studio.core.graph import pruning
 
     rng = np.random.default_rng(100 + seed)
     g = random_graph(rng, n_layers=4, n_feat=300, density=0.03)
@@ -308,7 +308,7 @@ def test_sparse_and_dense_edge_scores_prune_alike(seed, monkeypatch):
 
 
 def test_layered_influence_equals_power_iteration():
-    from circuit_studio.core.pruning import _layer_blocks, _layered_influence, normalize_matrix
+    from circuit_studio.core.graph.pruning import _layer_blocks, _layered_influence, normalize_matrix
 
     g = random_graph(np.random.default_rng(7), n_layers=4, n_feat=200, density=0.4)
     blocks = _layer_blocks(g)

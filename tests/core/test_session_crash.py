@@ -34,7 +34,7 @@ def crash_states(mode: str):
     labels, pins and notes, sharing A's graph objects, so that each save writes only the difference."""
     from test_session_store import example_session, synthetic_graph
 
-    from circuit_studio.core.session import GraphRecord
+    from circuit_studio.core.session.records import GraphRecord
 
     a = example_session(1, N_FEATURES, interventions=False)
     if mode == "whole":
@@ -46,7 +46,7 @@ def crash_states(mode: str):
 
 
 def _server(mode: str, path: Path) -> None:
-    from circuit_studio.core.session_store import save_session, save_session_as
+    from circuit_studio.core.session.store import save_session, save_session_as
 
     save = save_session_as if mode == "whole" else save_session
     states = crash_states(mode)
@@ -73,7 +73,7 @@ def _server(mode: str, path: Path) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(signal, "SIGKILL"), reason="needs fork and SIGKILL")
 @pytest.mark.parametrize("mode", ["whole", "in_place"])
 def test_killed_saves_leave_the_old_or_the_new_file(tmp_path, mode):
-    from circuit_studio.core.session_store import load_session, save_session
+    from circuit_studio.core.session.store import load_session, save_session
 
     path = tmp_path / "crash.cs-session"
     journal = tmp_path / "crash.cs-session-journal"
@@ -119,7 +119,8 @@ _DIE_BEFORE_COMMIT = """
 import os, sys
 sys.path.insert(0, sys.argv[2])
 from test_session_crash import crash_states
-from circuit_studio.core.session_store import save_session, write
+from circuit_studio.core.session.store import save_session
+from circuit_studio.core.session.store import write
 a, b = crash_states("in_place")
 save_session(a, sys.argv[1])
 print("saved", flush=True)
@@ -129,7 +130,7 @@ save_session(b, sys.argv[1])
 
 
 def test_an_in_place_save_killed_before_its_commit_is_undone_on_open(tmp_path):
-    from circuit_studio.core.session_store import load_session, save_session
+    from circuit_studio.core.session.store import load_session, save_session
 
     path = tmp_path / "s.cs-session"
     env = dict(os.environ, PYTHONPATH=str(DESKTOP))

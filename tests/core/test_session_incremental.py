@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from circuit_studio.core.analysis import Analysis
-from circuit_studio.core.session import GraphRecord, Session, TranscoderRef, transcoder_identity
-from circuit_studio.core.session_store import (load_session, read_session_info, remove_stale_files, save_session,
+from circuit_studio.core.session.analysis import Analysis
+from circuit_studio.core.session.records import GraphRecord, Session, TranscoderRef, transcoder_identity
+from circuit_studio.core.session.store import (load_session, read_session_info, remove_stale_files, save_session,
                                                save_session_as)
-from circuit_studio.core.session_store import write as store_write
+from circuit_studio.core.session.store import write as store_write
 from test_session_store import (INDEX, MODEL, OTHER_MODEL, OTHER_TRANSCODERS, T0, TRANSCODERS, _temporaries,
                                 example_session, synthetic_graph)
 

@@ -23,15 +23,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from circuit_studio.core.analysis import Analysis, Supernode
-from circuit_studio.core.graph import AttributionGraph, AttributionParams
-from circuit_studio.core.session import (CanvasView, FeatureIndexRef, FolderStatus, GraphRecord, InterventionRecord,
+from circuit_studio.core.session.analysis import Analysis, Supernode
+from circuit_studio.core.graph.attribution_graph import AttributionGraph, AttributionParams
+from circuit_studio.core.session.records import (CanvasView, FeatureIndexRef, FolderStatus, GraphRecord, InterventionRecord,
                                          ModelRef, Session, TokenProb, TranscoderRef, arrays_identical, content_hash,
                                          graphs_equal, session_differences, transcoder_identity)
-from circuit_studio.core.session_schema import APPLICATION_ID, SCHEMA_VERSION
-from circuit_studio.core.session_store import (SessionError, load_session, read_session_info, save_session,
+from circuit_studio.core.session.schema import APPLICATION_ID, SCHEMA_VERSION
+from circuit_studio.core.session.store import (SessionError, load_session, read_session_info, save_session,
                                                save_session_as)
-from circuit_studio.core.session_store import write as store_write
+from circuit_studio.core.session.store import write as store_write
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sessions"
 T0 = datetime(2025, 6, 7, 8, 9, 10, 123456, tzinfo=timezone.utc)
@@ -89,7 +89,7 @@ def example_session(seed: int = 0, n_features: int = 60, *, interventions: bool 
     g2 = synthetic_graph(max(n_features // 3, 30), n_layers=3, n_pos=5, seed=seed + 1)
     ivs = ()
     if interventions:
-        from circuit_studio.core.interventions import Intervention
+        from circuit_studio.core.interventions.intervene import Intervention
 
         ivs = (InterventionRecord(
             id=3, interventions=(Intervention(2, 5, 17, 0.0), Intervention(1, slice(3, None), 8, 4.5),
@@ -251,7 +251,7 @@ def test_opening_never_needs_the_model(tmp_path, saved):
 
 def test_the_store_does_not_import_torch_or_qt():
     """Opening a session stays light: torch is imported only to rebuild stored interventions."""
-    code = ("import sys; import circuit_studio.core.session_store; "
+    code = ("import sys; import circuit_studio.core.session.store; "
             "print(sorted(m for m in ('torch', 'PySide6', 'transformers') if m in sys.modules))")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "desktop"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

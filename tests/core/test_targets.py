@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from circuit_studio.commands.target_options import add_target_options, targets_from_args
-from circuit_studio.core.attribution import attribute
+from circuit_studio.core.attribution.attribute import attribute
 from circuit_studio.core.errors import CircuitStudioError, PromptError
-from circuit_studio.core.graph import AttributionParams
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.targets import CustomTarget, LogitDiff
+from circuit_studio.core.graph.attribution_graph import AttributionParams
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.attribution.targets import CustomTarget, LogitDiff
 from parity_cases import case_dirs, expected_graph, load_case_transcoders
 
 DIFF_CASES = [c for c in case_dirs() if c.name.startswith("targets_logitdiff_")]

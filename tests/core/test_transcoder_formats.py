@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from circuit_studio.core.errors import TranscoderLoadError
-from circuit_studio.core.transcoder_loading import check_transcoders_fit, describe_transcoders, load_transcoders
-from circuit_studio.core.transcoders import TranscoderSet
+from circuit_studio.core.transcoders.loading import check_transcoders_fit, describe_transcoders, load_transcoders
+from circuit_studio.core.transcoders.transcoder_set import TranscoderSet
 
 L, F, D = 3, 16, 8
 HEAD = "feature_input_hook: mlp.hook_in\nfeature_output_hook: {out}\n"
@@ -304,7 +304,7 @@ def test_non_finite_weights_stop_loading(tmp_path, key, value, what):
 # ---- memory ----
 _MEASURE = textwrap.dedent("""
     import json, sys, torch
-    from circuit_studio.core.transcoder_loading import load_transcoders
+    from circuit_studio.core.transcoders.loading import load_transcoders
 
     def rss():
         fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -343,7 +343,7 @@ def test_loading_memory_maps_and_reads_decoder_rows_lazily(tmp_path):
 
 
 def test_non_finite_search_is_exact_where_sums_overflow():
-    from circuit_studio.core.weight_files import first_non_finite
+    from circuit_studio.core.transcoders.weight_files import first_non_finite
     big = torch.full((64, 8), 3e38, dtype=torch.bfloat16)  # finite, but its sum overflows
     assert first_non_finite(big) is None
     big[40, 3] = float("-inf")
@@ -351,7 +351,7 @@ def test_non_finite_search_is_exact_where_sums_overflow():
 
 
 def test_topk_set_saves_with_the_keys_circuit_tracer_reads(tmp_path):
-    from circuit_studio.core.transcoder_writing import save_transcoders
+    from circuit_studio.core.transcoders.writing import save_transcoders
     import yaml
     tc = random_set(jump=False, activation="topk", k=3)
     out = save_transcoders(tc, tmp_path / "saved")

@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 
 from circuit_studio.core.errors import Cancelled, TranscoderLoadError
 from circuit_studio.core.progress import CancelToken
-from circuit_studio.core.transcoder_loading import (check_transcoders_fit, describe_transcoders,
+from circuit_studio.core.transcoders.loading import (check_transcoders_fit, describe_transcoders,
                                                     load_transcoders)
-from circuit_studio.core.transcoder_writing import save_transcoders
-from circuit_studio.core.transcoders import TranscoderSet
+from circuit_studio.core.transcoders.writing import save_transcoders
+from circuit_studio.core.transcoders.transcoder_set import TranscoderSet
 
 PARITY = Path(__file__).resolve().parents[2].parent / "shared" / "parity"
 CASES = ("llama_plt", "llama_clt", "gemma2_plt")

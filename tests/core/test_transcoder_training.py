@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuit_studio.core.corpus_text import CorpusError, choose_bos_id, read_corpus, token_windows
+from circuit_studio.core.features.corpus_text import CorpusError, choose_bos_id, read_corpus, token_windows
 from circuit_studio.core.errors import Cancelled
-from circuit_studio.core.model_loading import load_model, tokenize_prompt
+from circuit_studio.core.model.loading import load_model, tokenize_prompt
 from circuit_studio.core.progress import CancelToken, Progress
 from circuit_studio.core.synthetic import WORDS, random_transcoders
-from circuit_studio.core.transcoder_loading import load_transcoders
-from circuit_studio.core.transcoder_training import (JumpReLUTranscoder, TrainingError, _target_transform,
+from circuit_studio.core.transcoders.loading import load_transcoders
+from circuit_studio.core.transcoders.training import (JumpReLUTranscoder, TrainingError, _target_transform,
                                                      default_hooks_for, evaluate_transcoders, train_transcoders)
-from circuit_studio.core.transcoder_writing import save_transcoders
+from circuit_studio.core.transcoders.writing import save_transcoders
 
 CONTEXT = 16
 FAST = dict(steps=300, batch_tokens=256, buffer_tokens=8192, heldout_tokens=1024)

@@ -12,13 +12,13 @@ import torch
 
 from parity_cases import EXTRA_CASES, case_dirs, reference_graph
 
-from circuit_studio.core.analysis import Aspect
-from circuit_studio.core.interventions import (SteeringRun, compute_continuation, compute_update, generate,
+from circuit_studio.core.session.analysis import Aspect
+from circuit_studio.core.interventions.intervene import (SteeringRun, compute_continuation, compute_update, generate,
                                                intervene)
-from circuit_studio.core.session import CanvasView, transcoder_identity
-from circuit_studio.core.session_store import load_session, save_session
-from circuit_studio.core.steering import NO_MODEL, ResultChanged, RowChanged, SteeringError
-from circuit_studio.core.workspace import (AnalysisChanged, Binding, CurrentGraphChanged, GraphAdded, ResourceRef,
+from circuit_studio.core.session.records import CanvasView, transcoder_identity
+from circuit_studio.core.session.store import load_session, save_session
+from circuit_studio.core.interventions.steering import NO_MODEL, ResultChanged, RowChanged, SteeringError
+from circuit_studio.core.session.workspace import (AnalysisChanged, Binding, CurrentGraphChanged, GraphAdded, ResourceRef,
                                            ViewChanged, WindowStateChanged, Workspace, transcoders_not_loaded)
 
 
@@ -166,8 +166,8 @@ def test_only_the_users_changes_modify_the_session(graph):
 
 
 def test_a_steering_update_is_core_intervene_exactly():
-    from circuit_studio.core.model_loading import load_model
-    from circuit_studio.core.transcoder_loading import load_transcoders
+    from circuit_studio.core.model.loading import load_model
+    from circuit_studio.core.transcoders.loading import load_transcoders
 
     case = EXTRA_CASES / "llama_relu_skip"
     bundle, tc, graph = load_model(case / "model", device="cpu"), load_transcoders(case / "transcoders"), \

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.contrast import distinct_features, swap_interventions
-from circuit_studio.core.interventions import intervene
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.pruning import Pruner
-from circuit_studio.core.transcoder_loading import load_transcoders
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.interventions.contrast import distinct_features, swap_interventions
+from circuit_studio.core.interventions.intervene import intervene
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.graph.pruning import Pruner
+from circuit_studio.core.transcoders.loading import load_transcoders
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo"
 A = "The capital of the state containing Dallas is"

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.head_attribution import HeadAnalysis
-from circuit_studio.core.heads_state import HeadsState, compute_pattern, compute_qk, compute_split, node_position
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.transcoder_loading import load_transcoders
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.attribution.heads import HeadAnalysis
+from circuit_studio.core.attribution.heads_state import HeadsState, compute_pattern, compute_qk, compute_split, node_position
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.transcoders.loading import load_transcoders
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo"
 PROMPT = "The capital of the state containing Dallas is"

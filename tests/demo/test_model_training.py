@@ -82,7 +82,7 @@ def test_short_training_lowers_the_loss_and_reports_progress(trained):
 def test_saved_folder_loads_in_transformers_and_circuit_studio(trained):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from circuit_studio.core.model_loading import load_model, tokenize_prompt
+    from circuit_studio.core.model.loading import load_model, tokenize_prompt
     from circuit_studio.demo.evaluate import evaluate_prompts, score
 
     folder = trained[0].folder
@@ -179,8 +179,8 @@ def test_build_writes_corpus_model_evaluation_and_prompts(tmp_path):
 
 def test_build_trains_and_indexes_both_kinds_of_transcoders(tmp_path):
     """The later steps at toy size: what they write loads the way the app loads the shipped demo."""
-    from circuit_studio.core.feature_index import FeatureIndex
-    from circuit_studio.core.transcoder_loading import load_transcoders
+    from circuit_studio.core.features.index import FeatureIndex
+    from circuit_studio.core.transcoders.loading import load_transcoders
     from circuit_studio.demo import build as B
 
     cfg = B.BuildConfig(n_lines=1500, seed=0, vocab_size=400, model=TINY,

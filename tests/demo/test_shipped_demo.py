@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.corpus_text import token_windows
-from circuit_studio.core.feature_index import FeatureIndex
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.pruning import Pruner
-from circuit_studio.core.transcoder_loading import check_transcoders_fit, load_transcoders
-from circuit_studio.core.transcoder_training import evaluate_transcoders
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.features.corpus_text import token_windows
+from circuit_studio.core.features.index import FeatureIndex
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.graph.pruning import Pruner
+from circuit_studio.core.transcoders.loading import check_transcoders_fit, load_transcoders
+from circuit_studio.core.transcoders.training import evaluate_transcoders
 from circuit_studio.demo.corpus import heldout_prompts
 from circuit_studio.ui.controller import demo_paths, read_curated_prompts
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from circuit_studio.core.corpus_text import token_windows
+from circuit_studio.core.features.corpus_text import token_windows
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
 from scale_helpers import CONTEXT, N_FEATURES, Tiny, corpus_lines
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_model_folder, tmp_path_factory) -> Tiny:
-    from circuit_studio.core.model_loading import load_model
-    from circuit_studio.core.transcoder_loading import load_transcoders
-    from circuit_studio.core.transcoder_writing import save_transcoders
+    from circuit_studio.core.model.loading import load_model
+    from circuit_studio.core.transcoders.loading import load_transcoders
+    from circuit_studio.core.transcoders.writing import save_transcoders
 
     root = tmp_path_factory.mktemp("scale")
     rh, wh = default_hooks("llama")

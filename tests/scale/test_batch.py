@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from circuit_studio import cli
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.graph import AttributionParams, load_graph
-from circuit_studio.core.session_store import load_session
-from circuit_studio.scale import ClusterError, batch, import_ray
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.graph.attribution_graph import AttributionParams, load_graph
+from circuit_studio.core.session.store import load_session
+from circuit_studio.scale import ClusterError
+from circuit_studio.scale import batch
+from circuit_studio.scale import import_ray
 from circuit_studio.scale.batch import BatchError, BatchOptions, read_prompts, run_batch
 from scale_helpers import PROMPTS
 
@@ -172,7 +174,7 @@ def test_nothing_imports_ray_unless_asked():
              "for name in cli.COMMANDS: importlib.import_module('circuit_studio.commands.' + name.replace('-', '_'))\n"
              "import circuit_studio.scale, circuit_studio.scale.batch, circuit_studio.scale.workers\n"
              "import circuit_studio.scale.cluster, circuit_studio.scale.ray_index\n"
-             "import circuit_studio.core.feature_index_build\n"
+             "import circuit_studio.core.features.index_build\n"
              "print('RAY' if any(m == 'ray' or m.startswith('ray.') for m in sys.modules) else 'NO RAY')\n")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

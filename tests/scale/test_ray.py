@@ -18,11 +18,11 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[scale]'): the cluster tests need it")
 
 from circuit_studio import cli  # noqa: E402
-from circuit_studio.core.attribution import attribute  # noqa: E402
+from circuit_studio.core.attribution.attribute import attribute  # noqa: E402
 from circuit_studio.core.errors import Cancelled  # noqa: E402
-from circuit_studio.core.feature_index_build import build_feature_index  # noqa: E402
-from circuit_studio.core.feature_index_shards import IndexSettings  # noqa: E402
-from circuit_studio.core.graph import AttributionParams, load_graph  # noqa: E402
+from circuit_studio.core.features.index_build import build_feature_index  # noqa: E402
+from circuit_studio.core.features.index_shards import IndexSettings  # noqa: E402
+from circuit_studio.core.graph.attribution_graph import AttributionParams, load_graph  # noqa: E402
 from circuit_studio.core.progress import CancelToken  # noqa: E402
 from circuit_studio.scale import ClusterError, cluster  # noqa: E402
 from circuit_studio.scale.batch import BatchOptions, read_prompts, run_batch  # noqa: E402

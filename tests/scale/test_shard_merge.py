@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from circuit_studio.core.feature_index import FeatureIndex
-from circuit_studio.core.feature_index_build import build_feature_index, run_index_build
-from circuit_studio.core.feature_index_shards import IndexSettings, IndexWorker, LocalExecutor, band_keys, merge_in_order
+from circuit_studio.core.features.index import FeatureIndex
+from circuit_studio.core.features.index_build import build_feature_index, run_index_build
+from circuit_studio.core.features.index_shards import IndexSettings, IndexWorker, LocalExecutor, band_keys, merge_in_order
 
 from scale_helpers import N_FEATURES, assert_same_index, index_tables
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from circuit_studio.core.analysis import Analysis
+from circuit_studio.core.session.analysis import Analysis
 from circuit_studio.ui.controller import Controller
 from parity_cases import case_dirs, reference_graph
 

@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from circuit_studio.core.session_store import load_session, save_session
+from circuit_studio.core.session.store import load_session, save_session
 from circuit_studio.ui.main_window import MainWindow
 from test_session_store import example_session
 

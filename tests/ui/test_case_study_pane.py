@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings
 
-from circuit_studio.core.contrast import distinct_features
+from circuit_studio.core.interventions.contrast import distinct_features
 from circuit_studio.ui.main_window import MainWindow
 
 A = "The capital of the state containing Dallas is"

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.model.loading import load_model
 
 from test_chat_template import TEMPLATE  # noqa: E402  (tests/core is on sys.path, see tests/conftest.py)
 

@@ -10,11 +10,11 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt
 
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.graph_compare import CHANGED, ONLY_A
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.transcoder_loading import load_transcoders
-from circuit_studio.core.workspace import Binding, Workspace
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.graph.compare import CHANGED, ONLY_A
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.transcoders.loading import load_transcoders
+from circuit_studio.core.session.workspace import Binding, Workspace
 from circuit_studio.ui.compare_view import CompareView
 
 DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo"

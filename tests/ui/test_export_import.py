@@ -12,8 +12,8 @@ import pytest
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QImage
 
-from circuit_studio.core.analysis import Analysis
-from circuit_studio.core.graph import NodeKind
+from circuit_studio.core.session.analysis import Analysis
+from circuit_studio.core.graph.attribution_graph import NodeKind
 from circuit_studio.ui.main_window import MainWindow
 from parity_cases import case_dirs, reference_graph
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, QStandardPaths, Qt
 
-from circuit_studio.core.analysis import Analysis
-from circuit_studio.core.attribution import attribute
-from circuit_studio.core.corpus_text import read_corpus, token_windows
-from circuit_studio.core.feature_index import FeatureIndex
-from circuit_studio.core.feature_index_build import build_feature_index
-from circuit_studio.core.graph import AttributionParams
-from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.session.analysis import Analysis
+from circuit_studio.core.attribution.attribute import attribute
+from circuit_studio.core.features.corpus_text import read_corpus, token_windows
+from circuit_studio.core.features.index import FeatureIndex
+from circuit_studio.core.features.index_build import build_feature_index
+from circuit_studio.core.graph.attribution_graph import AttributionParams
+from circuit_studio.core.model.loading import load_model
 from circuit_studio.core.synthetic import WORDS, default_hooks, random_transcoders
-from circuit_studio.core.display_text import show_token
+from circuit_studio.core.graph.display_text import show_token
 from circuit_studio.ui.controller import Controller
 from circuit_studio.ui.feature.examples import ExampleList
 from circuit_studio.ui.feature.index_builder import BUILD_JOB
@@ -272,7 +272,7 @@ def test_default_index_path_next_to_the_transcoders_or_in_the_data_folder(world,
 
 
 def test_example_rows_elide_around_the_max_token_and_explain_on_hover(qtbot):
-    from circuit_studio.core.feature_index import Example
+    from circuit_studio.core.features.index import Example
 
     acts = [0.0] * 40
     acts[30], acts[29] = 4.0, 1.0

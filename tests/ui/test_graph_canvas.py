@@ -19,9 +19,10 @@ from PySide6.QtWidgets import QApplication
 
 from parity_cases import EXTRA_CASES, reference_graph
 
-from circuit_studio.core.analysis import Analysis
-from circuit_studio.core.graph import NodeKind
-from circuit_studio.ui.canvas import edges, shown_graph
+from circuit_studio.core.session.analysis import Analysis
+from circuit_studio.core.graph.attribution_graph import NodeKind
+from circuit_studio.ui.canvas import edges
+from circuit_studio.ui.canvas import shown_graph
 from circuit_studio.ui.canvas.activation_rings import CHANGE_DOWN, CHANGE_TOLERANCE, CHANGE_UP
 from circuit_studio.ui.canvas.view import GraphCanvas
 from circuit_studio.ui.controller import Controller

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings, Qt
 
-from circuit_studio.core.heads_state import node_position
+from circuit_studio.core.attribution.heads_state import node_position
 from circuit_studio.ui.heads_pane import SETTINGS_KEY
 from circuit_studio.ui.main_window import MainWindow
 

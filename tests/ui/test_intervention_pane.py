@@ -20,10 +20,10 @@ from PySide6.QtGui import QColor, QFontMetrics
 
 from parity_cases import EXTRA_CASES, reference_graph
 
-from circuit_studio.core.analysis import Analysis
-from circuit_studio.core.interventions import Intervention, generate, intervene
-from circuit_studio.core.model_loading import load_model
-from circuit_studio.core.transcoder_loading import load_transcoders
+from circuit_studio.core.session.analysis import Analysis
+from circuit_studio.core.interventions.intervene import Intervention, generate, intervene
+from circuit_studio.core.model.loading import load_model
+from circuit_studio.core.transcoders.loading import load_transcoders
 from circuit_studio.ui.canvas.activation_rings import CHANGE_TOLERANCE
 from circuit_studio.ui.canvas.view import GraphCanvas
 from circuit_studio.ui.controller import Controller

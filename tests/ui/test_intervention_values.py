@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings
 
-from circuit_studio.core.steering_data import SteeringRow, SteeringState, Target
+from circuit_studio.core.interventions.steering_data import SteeringRow, SteeringState, Target
 from circuit_studio.ui.main_window import MainWindow
 
 pytest.importorskip("pytestqt")
@@ -40,7 +40,7 @@ def window(qtbot, tmp_path):
 def test_row_values_in_the_model():
     t = Target(None, 0, 7, 242, 2.0, "index max")
     r = SteeringRow(("f", 0, 7, 242), "f", (t,), "", top=4.0)
-    from circuit_studio.core.steering import Steering, SteeringError
+    from circuit_studio.core.interventions.steering import Steering, SteeringError
     assert r.low == 0.0 and r.typed_low == -4.0 and r.value == 2.0
     assert Steering.parse_multiple(r, "x1.5") == 1.5 == Steering.parse_multiple(r, "1.5×")
     assert Steering.parse_multiple(r, "=3") == 1.5 and Steering.parse_multiple(r, "3", "value") == 1.5

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from circuit_studio.core.attribution import attribute
+from circuit_studio.core.attribution.attribute import attribute
 from circuit_studio.core.errors import PromptError
-from circuit_studio.core.graph import AttributionParams
-from circuit_studio.core.model_loading import load_model
+from circuit_studio.core.graph.attribution_graph import AttributionParams
+from circuit_studio.core.model.loading import load_model
 from circuit_studio.core.synthetic import ModelDims, build_model_folder, default_hooks, random_transcoders
 from circuit_studio.ui.jobs import JobRunner
 

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from circuit_studio.core.analysis import Analysis
-from circuit_studio.core.graph import AttributionGraph
+from circuit_studio.core.session.analysis import Analysis
+from circuit_studio.core.graph.attribution_graph import AttributionGraph
 from circuit_studio.ui.canvas.view import GraphCanvas
 from circuit_studio.ui.controller import Controller
 

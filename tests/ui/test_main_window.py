@@ -7,7 +7,7 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 
 from circuit_studio.core.synthetic import ModelDims, build_model_folder, default_hooks, random_transcoders
-from circuit_studio.core.transcoder_writing import save_transcoders
+from circuit_studio.core.transcoders.writing import save_transcoders
 from circuit_studio.ui.main_window import MainWindow
 from circuit_studio.ui.model_dialog import ModelDialog
 
@@ -118,7 +118,7 @@ def test_over_long_prompt_gives_a_clear_message(qtbot, window, folders):
 def test_cancel_during_a_trace(qtbot, window, folders):
     _load(qtbot, window, folders["model"], folders["tc"])
     c = window.controller
-    from circuit_studio.core.graph import AttributionParams
+    from circuit_studio.core.graph.attribution_graph import AttributionParams
 
     c.params = AttributionParams(batch_size=1)  # hundreds of backward passes: long enough to cancel
     window.prompt_bar.prompt.setEditText(PROMPT * 3)

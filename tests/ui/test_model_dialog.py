@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from circuit_studio.core import memory_plan as mp
-from circuit_studio.core.memory_plan import FreeMemory, format_bytes
-from circuit_studio.core.model_loading import describe_model
+from circuit_studio.core.model import memory_plan as mp
+from circuit_studio.core.model.memory_plan import FreeMemory, format_bytes
+from circuit_studio.core.model.loading import describe_model
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
-from circuit_studio.core.transcoder_loading import describe_transcoders
-from circuit_studio.core.transcoder_writing import save_transcoders
+from circuit_studio.core.transcoders.loading import describe_transcoders
+from circuit_studio.core.transcoders.writing import save_transcoders
 from circuit_studio.ui.model_dialog import ModelDialog, transcoder_text
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"

@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 
 from parity_cases import case_dirs, reference_graph
 
-from circuit_studio.core.analysis import Analysis
+from circuit_studio.core.session.analysis import Analysis
 from circuit_studio.ui.controller import Controller
 from circuit_studio.ui.node_connections import (EMPTY_TEXT, INPUTS_NEG, INPUTS_POS, LISTS,
                                                  NODE_ROLE, OUTPUTS_NEG, OUTPUTS_POS, TOP_N, VALUE_ROLE,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings
 
-from circuit_studio.core.session_store import load_session
+from circuit_studio.core.session.store import load_session
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
-from circuit_studio.core.transcoder_writing import save_transcoders
+from circuit_studio.core.transcoders.writing import save_transcoders
 from circuit_studio.ui.main_window import MainWindow
 
 PROMPT = "the capital of the state of Dallas is"

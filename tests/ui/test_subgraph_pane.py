@@ -10,7 +10,7 @@ from PySide6.QtCore import QPoint, Qt
 
 from parity_cases import case_dirs, reference_graph
 
-from circuit_studio.core.analysis import Analysis
+from circuit_studio.core.session.analysis import Analysis
 from circuit_studio.ui.controller import Controller
 from circuit_studio.ui.subgraph.layout import subgraph_layout
 from circuit_studio.ui.subgraph.pane import EMPTY_TEXT, SubgraphPane

@@ -87,7 +87,7 @@ def test_explain_austin_minus_sacramento(qtbot, window, monkeypatch, tmp_path):
     assert d.logit_offset in set(w.canvas.visible_nodes().tolist()), "shown like any graph"
 
     # the session keeps it
-    from circuit_studio.core.session_store import load_session
+    from circuit_studio.core.session.store import load_session
     path = tmp_path / "targets.cs-session"
     assert w.sessions.save_as(path)
     saved = load_session(path)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings
 
-from circuit_studio.core.contrast import distinct_features
-from circuit_studio.core.feature_index import FeatureIndex
+from circuit_studio.core.interventions.contrast import distinct_features
+from circuit_studio.core.features.index import FeatureIndex
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
-from circuit_studio.core.transcoder_writing import save_transcoders
+from circuit_studio.core.transcoders.writing import save_transcoders
 from circuit_studio.ui.controller import DEMO
 from circuit_studio.ui.main_window import MainWindow
 

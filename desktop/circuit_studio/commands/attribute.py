@@ -31,11 +31,11 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
     from ..core.atomic_write import replace_all_or_none
-    from ..core.attribution import attribute
-    from ..core.export import INDEX_FILE, dump_frontend_json, frontend_json, updated_index_text
-    from ..core.graph import DENSE_FILE_MAX_NODES, AttributionParams, write_graph_npz
-    from ..core.memory_plan import RunSize
-    from ..core.pruning import Pruner
+    from ..core.attribution.attribute import attribute
+    from ..core.graph.export import INDEX_FILE, dump_frontend_json, frontend_json, updated_index_text
+    from ..core.graph.attribution_graph import DENSE_FILE_MAX_NODES, AttributionParams, write_graph_npz
+    from ..core.model.memory_plan import RunSize
+    from ..core.graph.pruning import Pruner
 
     prompt = _check(args)
     budget = args.max_feature_nodes if args.max_feature_nodes and args.max_feature_nodes > 0 else None
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
                    max_n_logits=len(targets) if targets else args.max_n_logits)
     bundle, tc = load_planned(args, progress, cancel, run=size, prompt=prompt)
     if args.chat:  # the tokenizer's chat template; one line if it has none
-        from ..core.chat_template import chat_prompt_ids
+        from ..core.model.chat_template import chat_prompt_ids
         prompt = chat_prompt_ids(bundle.tokenizer, prompt)
     graph = attribute(prompt, bundle, tc, params, targets=targets, progress=progress, cancel=cancel)
     t0 = time.perf_counter()

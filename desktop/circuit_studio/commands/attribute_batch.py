@@ -39,8 +39,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
-    from ..core.model_loading import describe_model
-    from ..core.transcoder_loading import check_transcoders_fit, describe_transcoders
+    from ..core.model.loading import describe_model
+    from ..core.transcoders.loading import check_transcoders_fit, describe_transcoders
     from ..scale.batch import BatchOptions, read_prompts, run_batch
 
     check_option(args, "max_n_logits", low=1)

@@ -65,10 +65,10 @@ def parse_qk(text: str) -> tuple[int, int, int, int]:
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
     from ..core.atomic_write import write_text_atomic
-    from ..core.attribution import attribute
-    from ..core.graph import AttributionParams, load_graph
-    from ..core.head_attribution import HeadAnalysis
-    from ..core.memory_plan import RunSize
+    from ..core.attribution.attribute import attribute
+    from ..core.graph.attribution_graph import AttributionParams, load_graph
+    from ..core.attribution.heads import HeadAnalysis
+    from ..core.model.memory_plan import RunSize
     from ..core.text_input import prompt_text
 
     qk = _check(args)
@@ -131,8 +131,8 @@ def _check(args: argparse.Namespace) -> tuple[int, int, int, int] | None:
 
 
 def _nodes(args: argparse.Namespace, graph) -> tuple[int | None, int | None]:
-    from ..core.graph import NodeKind
-    from ..core.node_refs import parse_node
+    from ..core.graph.attribution_graph import NodeKind
+    from ..core.attribution.node_refs import parse_node
 
     def parse(option: str, text: str | None) -> int | None:
         if text is None:
@@ -160,7 +160,7 @@ def _qk(analysis, graph, qk: tuple[int, int, int, int], cancel):
 
 
 def _node_json(graph, node: int, value: float | None = None, key: str = "value") -> dict:
-    from ..core.node_refs import node_label, node_ref
+    from ..core.attribution.node_refs import node_label, node_ref
 
     out = {"node": int(node), "ref": node_ref(graph, node), "label": node_label(graph, node)}
     if value is not None:

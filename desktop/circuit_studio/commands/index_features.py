@@ -36,10 +36,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
-    from ..core.corpus_text import token_windows
-    from ..core.feature_index_build import build_feature_index
-    from ..core.model_loading import load_model
-    from ..core.transcoder_loading import check_transcoders_fit, load_transcoders
+    from ..core.features.corpus_text import token_windows
+    from ..core.features.index_build import build_feature_index
+    from ..core.model.loading import load_model
+    from ..core.transcoders.loading import check_transcoders_fit, load_transcoders
 
     lines = _check(args)
     check_option(args, "shard_batches", low=1)
@@ -60,11 +60,11 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
 
 def _run_on_ray(args: argparse.Namespace, lines: list[str], progress: ProgressFn, cancel: CancelToken) -> int:
     """The same index, its shards run on Ray actors (`scale.ray_index`); here only the tokenizer."""
-    from ..core.corpus_text import token_windows
+    from ..core.features.corpus_text import token_windows
     from ..core.errors import CircuitStudioError
-    from ..core.feature_index_shards import IndexSettings
-    from ..core.model_loading import describe_model, load_tokenizer
-    from ..core.transcoder_loading import check_transcoders_fit, describe_transcoders
+    from ..core.features.index_shards import IndexSettings
+    from ..core.model.loading import describe_model, load_tokenizer
+    from ..core.transcoders.loading import check_transcoders_fit, describe_transcoders
     from ..scale import import_ray
 
     if args.ray is None:
@@ -98,10 +98,10 @@ def _done(args: argparse.Namespace, index) -> None:
 
 def _check(args: argparse.Namespace) -> list[str]:
     """Everything that can be checked before the model is loaded: -> the corpus lines."""
-    from ..core.corpus_text import read_corpus
-    from ..core.feature_index_build import check_index_output
-    from ..core.model_loading import describe_model
-    from ..core.transcoder_loading import describe_transcoders
+    from ..core.features.corpus_text import read_corpus
+    from ..core.features.index_build import check_index_output
+    from ..core.model.loading import describe_model
+    from ..core.transcoders.loading import describe_transcoders
 
     check_option(args, "context", low=2, hint="A window holds the BOS and at least one token.")
     for name in ("top_k", "batch_size", "max_windows"):

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 
 def parse_set(text: str):
     """'LAYER:POS:FEATURE=VALUE' -> Intervention (POS may be 'a:b' or 'a:')."""
-    from ..core.interventions import Intervention
+    from ..core.interventions.intervene import Intervention
 
     m = _SET.match(text)
     if not m:
@@ -84,7 +84,7 @@ def _top(logits, tokenizer, k: int) -> list[dict]:
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
     from ..core.atomic_write import write_text_atomic
-    from ..core.interventions import generate, intervene
+    from ..core.interventions.intervene import generate, intervene
 
     prompt, interventions, constrained = _check(args)
     bundle, tc = load_planned(args, progress, cancel)
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
 def _check(args: argparse.Namespace) -> tuple[str, list, range | None]:
     """Everything that can be checked from the options and the model's config, before any weight is read:
     -> (prompt, interventions, constrained layers)."""
-    from ..core.model_loading import describe_model
+    from ..core.model.loading import describe_model
     from ..core.text_input import prompt_text
 
     prompt = prompt_text(args.prompt)

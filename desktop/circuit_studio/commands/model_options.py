@@ -56,9 +56,9 @@ def load_planned(args: argparse.Namespace, progress: ProgressFn, cancel: CancelT
     import torch
 
     from ..core.errors import ModelLoadError
-    from ..core.memory_plan import plan_memory
-    from ..core.model_loading import default_device, describe_model, load_model, load_tokenizer
-    from ..core.transcoder_loading import check_transcoders_fit, describe_transcoders, load_transcoders
+    from ..core.model.memory_plan import plan_memory
+    from ..core.model.loading import default_device, describe_model, load_model, load_tokenizer
+    from ..core.transcoders.loading import check_transcoders_fit, describe_transcoders, load_transcoders
 
     # subnormals flushed before the first parallel work, so the compute threads inherit it (frozen_backward)
     torch.set_flush_denormal(True)

@@ -47,7 +47,7 @@ def targets_from_args(args: argparse.Namespace, d_model: int | None = None):
     import numpy as np
     import torch
 
-    from ..core.targets import CustomTarget, LogitDiff
+    from ..core.attribution.targets import CustomTarget, LogitDiff
 
     targets: list = []
     if args.target_ids:

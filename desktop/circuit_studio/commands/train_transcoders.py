@@ -45,11 +45,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> int:
-    from ..core.corpus_text import token_windows
-    from ..core.model_loading import load_model
-    from ..core.transcoder_loading import load_transcoders
-    from ..core.transcoder_training import train_transcoders
-    from ..core.transcoder_writing import save_transcoders
+    from ..core.features.corpus_text import token_windows
+    from ..core.model.loading import load_model
+    from ..core.transcoders.loading import load_transcoders
+    from ..core.transcoders.training import train_transcoders
+    from ..core.transcoders.writing import save_transcoders
 
     out, lines = _check(args)
     bundle = load_model(args.model, device=args.device, progress=progress, cancel=cancel)
@@ -73,9 +73,9 @@ def run(args: argparse.Namespace, progress: ProgressFn, cancel: CancelToken) -> 
 
 def _check(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """Everything that can be checked before the model is loaded: -> (the output folder, the corpus lines)."""
-    from ..core.corpus_text import read_corpus
-    from ..core.model_loading import describe_model
-    from ..core.transcoder_loading import describe_transcoders
+    from ..core.features.corpus_text import read_corpus
+    from ..core.model.loading import describe_model
+    from ..core.transcoders.loading import describe_transcoders
 
     for name, low in (("width", 1), ("steps", 0), ("batch_tokens", 1), ("buffer_tokens", 1), ("max_lines", 1),
                       ("l0_coefficient", 0)):

@@ -20,8 +20,8 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from .families import DEFAULT_HOOKS
-from .transcoders import TranscoderSet
+from .model.families import DEFAULT_HOOKS
+from .transcoders.transcoder_set import TranscoderSet
 
 FAMILIES = ("llama", "gemma2", "gemma3", "qwen2", "qwen3", "gpt2")
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")

@@ -156,7 +156,7 @@ def _pick_curated(curated, heldout) -> list[dict]:
 def step_evaluate(out: Path, cfg: BuildConfig, *, progress: ProgressFn | None = None,
                   cancel: CancelToken | None = None) -> list:
     """Held-out accuracy -> evaluation.json / evaluation.md; curated prompts -> prompts.json."""
-    from ..core.model_loading import load_model
+    from ..core.model.loading import load_model
     from .evaluate import evaluate_prompts, markdown_table, score
 
     bundle = load_model(out / MODEL_DIR, device="cpu", progress=progress, cancel=cancel)
@@ -178,8 +178,8 @@ def step_evaluate(out: Path, cfg: BuildConfig, *, progress: ProgressFn | None = 
 
 
 def _windows(out: Path, cfg: BuildConfig, lines: list[str], n_lines: int):
-    from ..core.corpus_text import token_windows
-    from ..core.model_loading import load_model
+    from ..core.features.corpus_text import token_windows
+    from ..core.model.loading import load_model
 
     bundle = load_model(out / MODEL_DIR, device="cpu")
     return bundle, token_windows(bundle.tokenizer, lines[:n_lines], context=cfg.model.context)
@@ -189,8 +189,8 @@ def step_transcoders(out: Path, cfg: BuildConfig, lines: list[str] | None = None
                      progress: ProgressFn | None = None, cancel: CancelToken | None = None):
     """Per-layer (`kind` "plt") or cross-layer ("clt") transcoders for the model -> `out/transcoders/`
     or `out/clt/`, with `training_report.md`."""
-    from ..core.transcoder_training import train_transcoders
-    from ..core.transcoder_writing import save_transcoders
+    from ..core.transcoders.training import train_transcoders
+    from ..core.transcoders.writing import save_transcoders
 
     lines = lines if lines is not None else corpus_lines(cfg)
     bundle, windows = _windows(out, cfg, lines, cfg.transcoder_lines)
@@ -210,8 +210,8 @@ def step_index(out: Path, cfg: BuildConfig, lines: list[str] | None = None, *, k
                progress: ProgressFn | None = None, cancel: CancelToken | None = None):
     """Feature index of the per-layer or cross-layer transcoders -> `out/features.sqlite` or
     `out/clt_features.sqlite`."""
-    from ..core.feature_index_build import build_feature_index
-    from ..core.transcoder_loading import load_transcoders
+    from ..core.features.index_build import build_feature_index
+    from ..core.transcoders.loading import load_transcoders
 
     lines = lines if lines is not None else corpus_lines(cfg)
     bundle, windows = _windows(out, cfg, lines, cfg.index_lines)

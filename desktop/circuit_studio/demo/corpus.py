@@ -43,7 +43,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.corpus_text import CorpusError, read_corpus  # noqa: F401 - re-exported for the demo build
+from ..core.features.corpus_text import CorpusError, read_corpus  # noqa: F401 - re-exported for the demo build
 
 
 

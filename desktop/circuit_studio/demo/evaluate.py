@@ -118,7 +118,7 @@ def evaluate_folder(folder: str | Path, items: Sequence[EvalPrompt] | None = Non
                     progress: ProgressFn | None = None, cancel: CancelToken | None = None
                     ) -> tuple[list[BehaviourScore], list[PromptResult]]:
     """Load a model folder offline and score it on the held-out prompts (default: all of them)."""
-    from ..core.model_loading import load_model
+    from ..core.model.loading import load_model
 
     bundle = load_model(folder, device="cpu", progress=progress, cancel=cancel)
     results = evaluate_prompts(bundle.model, bundle.tokenizer, list(items or heldout_prompts()),

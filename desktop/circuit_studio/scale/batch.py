@@ -68,7 +68,7 @@ class PromptJob:
 
 def targets_keyword() -> str | None:
     """The keyword by which `core.attribution.attribute` takes custom targets, None if it does not."""
-    from ..core.attribution import attribute
+    from ..core.attribution.attribute import attribute
 
     params = inspect.signature(attribute).parameters
     return next((k for k in ("targets", "attribution_targets") if k in params), None)
@@ -149,7 +149,7 @@ def _targets(spec: list | None):
     if all(isinstance(t, dict) for t in spec):
         import torch
 
-        from ..core.targets import CustomTarget
+        from ..core.attribution.targets import CustomTarget
 
         try:
             return [CustomTarget(str(t["label"]), float(t["probability"]), torch.tensor(t["vector"], dtype=torch.float32))
@@ -180,10 +180,10 @@ def trace_prompt(bundle, tc, job: dict, options: dict, out_dir: Path, cancel: Ca
     not at all) and return {"row": summary row, "metadata": the graph's index entry}. A prompt the
     model or transcoders refuse (too long, a target that is not one token, ...) gives a row with
     status "error" and no files."""
-    from ..core.attribution import attribute
-    from ..core.export import write_frontend_json
-    from ..core.graph import AttributionParams, save_graph
-    from ..core.pruning import Pruner
+    from ..core.attribution.attribute import attribute
+    from ..core.graph.export import write_frontend_json
+    from ..core.graph.attribution_graph import AttributionParams, save_graph
+    from ..core.graph.pruning import Pruner
 
     opts = BatchOptions(**options)
     params = AttributionParams(max_n_logits=opts.max_n_logits, desired_logit_prob=opts.desired_logit_prob,
@@ -382,8 +382,8 @@ def run_batch(jobs: list[PromptJob], out_dir: str | Path, *, model: str | Path, 
 def _run_here(todo, out_dir, model, transcoders, opts, device, dtype, progress, cancel, collect) -> None:
     import torch
 
-    from ..core.model_loading import load_model
-    from ..core.transcoder_loading import load_transcoders
+    from ..core.model.loading import load_model
+    from ..core.transcoders.loading import load_transcoders
 
     bundle = load_model(model, device=device, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype],
                         progress=progress, cancel=cancel)
@@ -431,11 +431,11 @@ def write_session(path: str | Path, result: BatchReport, model: str, transcoders
     module docstring); returns its path."""
     from dataclasses import replace
 
-    from ..core.graph import load_graph
-    from ..core.model_loading import describe_model
-    from ..core.session import GraphRecord, ModelRef, Session, TranscoderRef
-    from ..core.session_store import load_session, save_session
-    from ..core.transcoder_loading import describe_transcoders
+    from ..core.graph.attribution_graph import load_graph
+    from ..core.model.loading import describe_model
+    from ..core.session.records import GraphRecord, ModelRef, Session, TranscoderRef
+    from ..core.session.store import load_session, save_session
+    from ..core.transcoders.loading import describe_transcoders
 
     path = Path(path).expanduser().resolve()
     session = load_session(path) if path.exists() else Session()

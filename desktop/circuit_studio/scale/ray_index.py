@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ..core.feature_index import FeatureIndex
-from ..core.feature_index_build import run_index_build
-from ..core.feature_index_shards import IndexPlan, IndexSettings
+from ..core.features.index import FeatureIndex
+from ..core.features.index_build import run_index_build
+from ..core.features.index_shards import IndexPlan, IndexSettings
 from ..core.progress import CancelToken, ProgressFn, report
 from .cluster import Call, Cluster, WorkerPool, worker_pool
 

@@ -39,9 +39,9 @@ class ModelWorker:
 
     def __init__(self, model: str, transcoders: str, device: str | None = None, dtype: str = "float32",
                  threads: int | None = None) -> None:
-        from ..core.feature_index_shards import IndexWorker
-        from ..core.model_loading import load_model
-        from ..core.transcoder_loading import load_transcoders
+        from ..core.features.index_shards import IndexWorker
+        from ..core.model.loading import load_model
+        from ..core.transcoders.loading import load_transcoders
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -14,9 +14,9 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QHBoxLayout, QHeaderView, QLabel, QSplitter,
                                QTableWidget, QTableWidgetItem, QTextBrowser, QVBoxLayout, QWidget)
 
-from ..core.analysis import Analysis
-from ..core.graph_compare import EDGE, LOGIT, ONLY_A, ONLY_B, Explains, GraphComparison, compare_graphs, describe_row
-from ..core.workspace import Workspace
+from ..core.session.analysis import Analysis
+from ..core.graph.compare import EDGE, LOGIT, ONLY_A, ONLY_B, Explains, GraphComparison, compare_graphs, describe_row
+from ..core.session.workspace import Workspace
 from .canvas.view import GraphCanvas
 from .controller import Controller
 

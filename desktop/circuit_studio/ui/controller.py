@@ -16,10 +16,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from ..core.analysis import Analysis
-from ..core.graph import AttributionParams
-from ..core.steering import ResultChanged, RowsChanged, SteeringLoaded
-from ..core.workspace import (AnalysisChanged, BindingChanged, CurrentGraphChanged, GraphWillChange,
+from ..core.session.analysis import Analysis
+from ..core.graph.attribution_graph import AttributionParams
+from ..core.interventions.steering import ResultChanged, RowsChanged, SteeringLoaded
+from ..core.session.workspace import (AnalysisChanged, BindingChanged, CurrentGraphChanged, GraphWillChange,
                               ResourcesChanged, Workspace, index_ref, model_ref, transcoders_ref)
 from .jobs import JobError, JobHandle, JobRunner
 
@@ -162,8 +162,8 @@ class Controller(QObject):
     def load_model(self, folder: str | Path, on_done=None, *, make_active: bool = True) -> JobHandle:
         """Load a model folder in the background (a model already loaded from the same files is reused). It
         becomes what new traces use; the graphs on screen keep theirs."""
-        from ..core.model_loading import load_model
-        from ..core.session import content_hash
+        from ..core.model.loading import load_model
+        from ..core.session.records import content_hash
 
         ws = self.workspace
 
@@ -191,9 +191,9 @@ class Controller(QObject):
                          make_active: bool = True) -> JobHandle | None:
         """Load a transcoder folder for the active model, in the background, with the feature index built for
         them (`index`, or one found next to them: `core.feature_index.find_feature_index`)."""
-        from ..core.feature_index import find_feature_index
-        from ..core.session import content_hash
-        from ..core.transcoder_loading import check_transcoders_fit, describe_transcoders, load_transcoders
+        from ..core.features.index import find_feature_index
+        from ..core.session.records import content_hash
+        from ..core.transcoders.loading import check_transcoders_fit, describe_transcoders, load_transcoders
 
         ws = self.workspace
         bundle = ws.resource(ws.active.model)
@@ -235,7 +235,7 @@ class Controller(QObject):
 
     def _open_index_ref(self, ref):
         """Open the index file of `ref` and keep it loaded: its loaded ref, or None (with a message)."""
-        from ..core.feature_index import FeatureIndex
+        from ..core.features.index import FeatureIndex
 
         try:
             index = FeatureIndex.open(ref.path)
@@ -276,7 +276,7 @@ class Controller(QObject):
     def _ensure_loaded(self) -> None:
         """The current graph's transcoders (and index) in the background when its model is loaded but they are
         not, and their folder is still there; until then it is shown as saved (the banner says so)."""
-        from ..core.session import content_hash
+        from ..core.session.records import content_hash
 
         ws = self.workspace
         if ws.current_id is None:
@@ -286,7 +286,7 @@ class Controller(QObject):
         if live.bundle is None or ref is None or live.transcoders is not None or ref.in_memory \
                 or ref.identity in self.loading or not Path(ref.path).exists():
             return
-        from ..core.transcoder_loading import check_transcoders_fit, load_transcoders
+        from ..core.transcoders.loading import check_transcoders_fit, load_transcoders
 
         bundle, gid = live.bundle, ws.current_id
         index_path = live.binding.index.path if live.binding.index is not None else None
@@ -328,7 +328,7 @@ class Controller(QObject):
         `targets`: the logit nodes (`core.targets`: token ids, token strings, `CustomTarget`, `LogitDiff`;
         None for the most probable logits), `title` the graph's title in the session; `chat`: as a user turn
         under the tokenizer's chat template (`core.chat_template`)."""
-        from ..core.attribution import attribute
+        from ..core.attribution.attribute import attribute
 
         ws = self.workspace
         binding = ws.active
@@ -342,7 +342,7 @@ class Controller(QObject):
                 "Load a model and its transcoders first.", "File ▸ Open demo, or open a model and transcoder folder.", ""))
             return None
         if chat:
-            from ..core.chat_template import chat_prompt_ids
+            from ..core.model.chat_template import chat_prompt_ids
             from ..core.errors import CircuitStudioError
 
             try:

@@ -17,8 +17,8 @@ from PySide6.QtCore import QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
-from ..core.graph import NodeKind
-from ..core.heads_state import (BreakdownChanged, CellChanged, EdgeChanged, HeadChanged, HeadsReset, HeadsState,
+from ..core.graph.attribution_graph import NodeKind
+from ..core.attribution.heads_state import (BreakdownChanged, CellChanged, EdgeChanged, HeadChanged, HeadsReset, HeadsState,
                                 PatternChanged, SplitChanged, compute_pattern, compute_qk, compute_split)
 from .canvas.style import NEGATIVE_COLOR, POSITIVE_COLOR
 
@@ -360,7 +360,7 @@ class HeadsPane(QWidget):
     def _head_analysis(self, graph, bundle, tc, progress, cancel):
         ha = self._analyses.get(id(graph))
         if ha is None or ha.graph is not graph or ha.bundle is not bundle or ha.tc is not tc:
-            from ..core.head_attribution import HeadAnalysis
+            from ..core.attribution.heads import HeadAnalysis
 
             if bundle is None or tc is None:
                 from ..core.errors import CircuitStudioError

@@ -16,8 +16,8 @@ import time
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QTimer, Signal
 
-from ..core.interventions import SteeringRun, compute_continuation, compute_update, sweep_probabilities
-from ..core.steering import (ContextChanged, OptionsChanged, RowChanged, RowsChanged, Steering, SteeringError,
+from ..core.interventions.intervene import SteeringRun, compute_continuation, compute_update, sweep_probabilities
+from ..core.interventions.steering import (ContextChanged, OptionsChanged, RowChanged, RowsChanged, Steering, SteeringError,
                              SteeringLoaded, SweepResult)
 
 JOB_NAME = "Intervention"

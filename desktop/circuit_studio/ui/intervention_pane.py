@@ -17,9 +17,9 @@ from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
                                QSpinBox, QSplitter, QVBoxLayout, QWidget)
 
-from ..core.graph import NodeKind
-from ..core.interventions import activation_changes  # noqa: F401 - re-exported (tests, scripts)
-from ..core.steering import (AFTER_COLOUR, DEFAULT_TOKENS, MAX_TOKENS, NO_GRAPH, NO_MODEL, ContextChanged,  # noqa: F401
+from ..core.graph.attribution_graph import NodeKind
+from ..core.interventions.intervene import activation_changes  # noqa: F401 - re-exported (tests, scripts)
+from ..core.interventions.steering import (AFTER_COLOUR, DEFAULT_TOKENS, MAX_TOKENS, NO_GRAPH, NO_MODEL, ContextChanged,  # noqa: F401
                              ResultChanged, RowChanged, RowsChanged, RowsRenamed, SteeringError, SteeringLoaded,
                              SteeringState, OptionsChanged, show_token)
 from .canvas.activation_rings import CHANGE_TOLERANCE

@@ -13,7 +13,7 @@ from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QComboBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSplitter, QTextEdit, \
     QVBoxLayout, QWidget
 
-from ..core.steering import AFTER_COLOUR, SWEEP_POINTS, SavedOutputs, SweepResult, continuation_html, show_token
+from ..core.interventions.steering import AFTER_COLOUR, SWEEP_POINTS, SavedOutputs, SweepResult, continuation_html, show_token
 
 TOP_K = 8  # bars in the next-token chart, at most
 BAR_SLOT_PX = 56  # fewer bars when the chart is narrow: a token label needs about this much room

@@ -10,7 +10,7 @@ from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QComboBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy,
                                QSlider, QToolButton)
 
-from ..core.steering import SteeringRow, fmt_multiple
+from ..core.interventions.steering import SteeringRow, fmt_multiple
 
 KEY_STEPS = {Qt.Key.Key_Up: 0.1, Qt.Key.Key_Down: -0.1, Qt.Key.Key_PageUp: 1.0, Qt.Key.Key_PageDown: -1.0}
 

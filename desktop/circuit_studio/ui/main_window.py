@@ -14,8 +14,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFileDialog, Q
 
 from ..core.errors import CircuitStudioError
 from ..core.progress import Progress
-from ..core.session import CanvasView
-from ..core.workspace import PromptChanged, SessionReplaced
+from ..core.session.records import CanvasView
+from ..core.session.workspace import PromptChanged, SessionReplaced
 from .canvas.logit_targets import LogitTargetsMenu
 from .canvas.view import GraphCanvas
 from .controller import Controller
@@ -106,8 +106,8 @@ class PromptBar(QWidget):
 
     def update_chat_preview(self, *_) -> None:
         """With "Chat template" on: the templated prompt's tokens (or the one line saying why there are none)."""
-        from ..core.chat_template import chat_prompt_tokens
-        from ..core.display_text import token_label
+        from ..core.model.chat_template import chat_prompt_tokens
+        from ..core.graph.display_text import token_label
 
         if not self.chat_box.isChecked():
             self.chat_preview.hide()
@@ -327,8 +327,8 @@ class MainWindow(QMainWindow):
     def import_json(self, path: str | None = None) -> int | None:
         """File ▸ Import graph JSON: a circuit-tracer / Neuronpedia `<slug>.json` joins the session as a
         read-only graph with its pins, supernodes and clerps (`core.graph_import`). -> its graph id."""
-        from ..core.graph_import import load_graph_json
-        from ..core.workspace import Binding
+        from ..core.graph.import_json import load_graph_json
+        from ..core.session.workspace import Binding
 
         path = path or QFileDialog.getOpenFileName(self, "Import graph JSON", "", "Graph JSON (*.json)")[0]
         if not path:
@@ -344,7 +344,7 @@ class MainWindow(QMainWindow):
         return gid
 
     def export_json(self, path: str | None = None) -> bool:
-        from ..core.export import analysis_options, write_frontend_json
+        from ..core.graph.export import analysis_options, write_frontend_json
 
         analysis = self.controller.analysis
         if analysis is None:
@@ -587,7 +587,7 @@ class MainWindow(QMainWindow):
     # ---- status and settings ----
     def _update_status(self) -> None:
         """What a new trace would use (the graph on screen names its own in the banner above the canvas)."""
-        from ..core.model_loading import device_name
+        from ..core.model.loading import device_name
 
         ws = self.controller.workspace
         self.device_label.setText(f"  Device: {device_name()}  ")

@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayo
                                QLineEdit, QPushButton, QVBoxLayout, QWidget)
 
 from ..core.errors import CircuitStudioError
-from ..core.memory_plan import RAM, MemoryPlan, RunSize, format_bytes, plan_memory
-from ..core.model_loading import ModelSummary, default_device, describe_model
-from ..core.transcoder_loading import TranscoderSummary, describe_transcoders
+from ..core.model.memory_plan import RAM, MemoryPlan, RunSize, format_bytes, plan_memory
+from ..core.model.loading import ModelSummary, default_device, describe_model
+from ..core.transcoders.loading import TranscoderSummary, describe_transcoders
 
 # What the window loads and traces with (Controller: float32, batch 256, 7500 feature nodes); the
 # prompt length is not known yet, so the plan is for a typical one.

@@ -26,9 +26,9 @@ from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QStackedWidget, QStyledItemDelegate, QTableView, QVBoxLayout, QWidget)
 
-from ..core.analysis import Analysis, Aspect
-from ..core.display_text import layer_name
-from ..core.graph import NodeKind
+from ..core.session.analysis import Analysis, Aspect
+from ..core.graph.display_text import layer_name
+from ..core.graph.attribution_graph import NodeKind
 from .canvas.style import NEGATIVE_COLOR, POSITIVE_COLOR
 
 TOP_N = 50  # rows per list unless "Show all" is on

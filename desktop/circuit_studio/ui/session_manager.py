@@ -23,10 +23,10 @@ from PySide6.QtCore import QObject, QSettings, QStandardPaths, QTimer, Signal
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from ..core.atomic_write import OutputError, write_text_atomic
-from ..core.session import SESSION_SUFFIX, FolderStatus, Session
-from ..core.session_store import (SessionError, SessionLockedError, load_session, remove_stale_files,
+from ..core.session.records import SESSION_SUFFIX, FolderStatus, Session
+from ..core.session.store import (SessionError, SessionLockedError, load_session, remove_stale_files,
                                   save_session, save_session_as)
-from ..core.workspace import HistoryChanged
+from ..core.session.workspace import HistoryChanged
 from .jobs import JobError
 from .settings import string_list
 

@@ -12,7 +12,7 @@ import numpy as np
 from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import QLabel, QWidget
 
-from ...core.graph import NodeKind
+from ...core.graph.attribution_graph import NodeKind
 from .overlays import Overlay
 from .shown_graph import ShownGraph
 from .style import TEXT, glyph_sizes

@@ -7,7 +7,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QFontMetrics, QPainter
 
-from ...core.display_text import show_token, token_label
+from ...core.graph.display_text import show_token, token_label
 
 
 class _FastAxis(pg.AxisItem):

@@ -8,9 +8,9 @@ import html
 import numpy as np
 import pyqtgraph as pg
 
-from ...core.analysis import Analysis
-from ...core.display_text import elide, layer_name, token_label
-from ...core.graph import NodeKind
+from ...core.session.analysis import Analysis
+from ...core.graph.display_text import elide, layer_name, token_label
+from ...core.graph.attribution_graph import NodeKind
 from .shown_graph import ShownGraph
 from .style import KINDS, TEXT
 

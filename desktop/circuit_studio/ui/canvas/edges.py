@@ -17,7 +17,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QObject, QPointF, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QPainter, QPainterPath, QPen, QTransform
 
-from ...core.layout import ROW_HEIGHT, GraphLayout
+from ...core.graph.layout import ROW_HEIGHT, GraphLayout
 from .shown_graph import ShownGraph
 from .style import (DENSE_EDGE_WIDTHS, DENSE_EDGES, EDGE_COLOURS, EDGE_WIDTHS, GRID, NEGATIVE_COLOR,
                     POSITIVE_COLOR, cosmetic_pen)

@@ -17,8 +17,8 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QInputDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem,
                                QMenu, QVBoxLayout, QWidget)
 
-from ...core.graph import NodeKind
-from ...core.targets import LogitDiff
+from ...core.graph.attribution_graph import NodeKind
+from ...core.attribution.targets import LogitDiff
 
 TYPE_HINT = "Quote a token to keep its leading space: ' Paris'"
 

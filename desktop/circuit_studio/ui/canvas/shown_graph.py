@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...core.analysis import Analysis
-from ...core.layout import GraphLayout, layered_layout
-from ...core.pruning import PruneResult
+from ...core.session.analysis import Analysis
+from ...core.graph.layout import GraphLayout, layered_layout
+from ...core.graph.pruning import PruneResult
 
 SHARE_LEVELS = (0.10, 0.30)  # an edge's width level by its share of the target's shown input: < 10 %, < 30 %, more
 

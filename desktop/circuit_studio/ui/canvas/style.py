@@ -11,7 +11,7 @@ import numpy as np
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QPainterPath, QPen
 
-from ...core.graph import NodeKind
+from ...core.graph.attribution_graph import NodeKind
 
 BACKGROUND = "#ffffff"
 TEXT = "#303030"

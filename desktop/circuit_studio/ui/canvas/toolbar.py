@@ -10,7 +10,7 @@ from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QSlider, QWidget
 
-from ...core.analysis import Analysis
+from ...core.session.analysis import Analysis
 from .style import legend_html
 
 SLIDER_DEBOUNCE_MS = 60  # re-prune once a slider rests this long (or is released)

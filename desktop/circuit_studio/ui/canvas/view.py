@@ -13,9 +13,9 @@ from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRectF, Qt, QTimer,
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import QLabel, QStackedWidget, QToolTip, QVBoxLayout, QWidget
 
-from ...core.analysis import Analysis, Aspect
-from ...core.display_text import layer_name
-from ...core.layout import ROW_HEIGHT
+from ...core.session.analysis import Analysis, Aspect
+from ...core.graph.display_text import layer_name
+from ...core.graph.layout import ROW_HEIGHT
 from ..controller import Controller
 from .activation_rings import ActivationRings
 from .axes import LayerAxis, TokenAxis

@@ -6,7 +6,7 @@ from PySide6.QtCore import QEvent, QPoint, QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
-from ...core.display_text import quoted, show_token
+from ...core.graph.display_text import quoted, show_token
 from .style import fixed, fmt, luminance, shade
 
 

@@ -127,8 +127,8 @@ class IndexBuilder(QFrame):
         """Index the loaded transcoders on the text file `corpus_path` in the background, then open the
         index. Returns the output path, or None (with the reason shown) when no model and transcoders are
         loaded or another job is running."""
-        from ...core.corpus_text import read_corpus, token_windows
-        from ...core.feature_index_build import build_feature_index
+        from ...core.features.corpus_text import read_corpus, token_windows
+        from ...core.features.index_build import build_feature_index
 
         c = self.controller
         bundle, tc = c.bundle, c.transcoders

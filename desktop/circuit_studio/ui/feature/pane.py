@@ -21,9 +21,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QLineEdit, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from ...core.analysis import Aspect
-from ...core.display_text import feature_name, quoted
-from ...core.graph import NodeKind
+from ...core.session.analysis import Aspect
+from ...core.graph.display_text import feature_name, quoted
+from ...core.graph.attribution_graph import NodeKind
 from .examples import ExampleList, TokenRow
 from .histogram import ActivationHistogram
 from .index_builder import IndexBuilder
@@ -326,7 +326,7 @@ class FeaturePane(QWidget):
             self._details_key = shown
 
     def _show_browsed(self, layer: int, feat: int) -> None:
-        from ...core.feature_search import graphs_with_feature
+        from ...core.features.search import graphs_with_feature
 
         index = self.controller.feature_index
         self.title.setText(f"Feature {feature_name(layer, feat)}  ·  from the feature index")

@@ -16,8 +16,8 @@ import numpy as np
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem, QSplitter, QVBoxLayout, QWidget
 
-from ...core.display_text import feature_name, quoted
-from ...core.feature_search import FeatureSearch, graphs_with_feature
+from ...core.graph.display_text import feature_name, quoted
+from ...core.features.search import FeatureSearch, graphs_with_feature
 
 _SEARCHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 

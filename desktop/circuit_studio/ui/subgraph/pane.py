@@ -23,9 +23,9 @@ from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (QApplication, QHBoxLayout, QLabel, QLineEdit, QPushButton, QStackedWidget, QVBoxLayout,
                                QWidget)
 
-from ...core.analysis import Analysis, Aspect
-from ...core.display_text import elide, layer_name
-from ...core.graph import NodeKind
+from ...core.session.analysis import Analysis, Aspect
+from ...core.graph.display_text import elide, layer_name
+from ...core.graph.attribution_graph import NodeKind
 from .layout import SubgraphVertex, VertexKey, subgraph_layout
 from .plot import SubgraphPlot
 

@@ -11,9 +11,9 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPoint, QPointF, Qt, QTimer
 from PySide6.QtGui import QColor, QFont, QFontMetrics
 
-from ...core.analysis import Analysis
-from ...core.display_text import elide, layer_name
-from ...core.graph import AttributionGraph
+from ...core.session.analysis import Analysis
+from ...core.graph.display_text import elide, layer_name
+from ...core.graph.attribution_graph import AttributionGraph
 from ..canvas.style import NEGATIVE_COLOR, POSITIVE_COLOR
 from ..node_connections import KIND_STYLE
 from .layout import SubgraphVertex, VertexKey, edge_paths

@@ -1,0 +1,1 @@
+"""Attribution graphs: the algorithm, the frozen model's transpose, targets, per-head splits."""

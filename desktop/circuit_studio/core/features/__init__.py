@@ -1,0 +1,1 @@
+"""Feature indexes: building and reading top activating contexts, corpora, search."""

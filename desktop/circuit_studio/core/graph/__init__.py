@@ -1,0 +1,1 @@
+"""The attribution graph: node order, adjacency, pruning and scores, layout, export and import."""

@@ -1,0 +1,1 @@
+"""Feature interventions and steering (circuit-tracer's semantics)."""

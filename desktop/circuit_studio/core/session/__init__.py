@@ -1,0 +1,1 @@
+"""The window's Qt-free state (workspace, analysis, history, events) and session files."""

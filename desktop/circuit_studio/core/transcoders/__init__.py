@@ -1,0 +1,1 @@
+"""Transcoder sets: the maths, the on-disk formats released sets use, loading, writing, training."""
