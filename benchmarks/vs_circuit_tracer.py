@@ -82,11 +82,32 @@ def _attribution_benchmark():
     return module
 
 
+def ct_model_folder(folder: Path) -> Path:
+    """The model folder as transformers 4.57 (circuit-tracer's) reads it: the same weights and tokenizer
+    (linked), the config and tokenizer config in that version's spelling (`rope_theta` at the top
+    instead of `rope_parameters`, `PreTrainedTokenizerFast` instead of transformers 5's backend class)."""
+    src, dst = folder / "model", folder / "ct_model"
+    dst.mkdir(exist_ok=True)
+    for name in ("model.safetensors", "tokenizer.json", "generation_config.json"):
+        if (src / name).exists() and not (dst / name).exists():
+            (dst / name).symlink_to((src / name).resolve())
+    cfg = json.loads((src / "config.json").read_text())
+    rope = cfg.pop("rope_parameters", None) or {}
+    cfg.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+    cfg["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else rope
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    tok = json.loads((src / "tokenizer_config.json").read_text())
+    tok.pop("backend", None)
+    tok["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (dst / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+    return dst
+
+
 def run_ct(ct_python: str, folder: Path, prompt: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(args.threads),
                TOKENIZERS_PARALLELISM="false")
-    cmd = [ct_python, "-c", CT_CHILD, str(folder / "model"), str(folder / "transcoders"), prompt,
+    cmd = [ct_python, "-c", CT_CHILD, str(ct_model_folder(folder)), str(folder / "transcoders"), prompt,
            str(args.batch_size), str(args.budget or 0), str(args.threads)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=folder)

@@ -54,6 +54,9 @@ def test_blocks_read_like_the_dense_matrix():
     np.testing.assert_array_equal(adj.values_at(t, s), dense[t, s])
     np.testing.assert_array_equal(adj.row(25), dense[25])
     np.testing.assert_array_equal(adj.column(3), dense[:, 3])
+    r, c = rng.permutation(40)[:15], rng.permutation(40)[:9]
+    np.testing.assert_array_equal(adj.submatrix(r, c), dense[np.ix_(r, c)])
+    np.testing.assert_array_equal(adj.submatrix(r), dense[r])
     np.testing.assert_allclose(adj.abs_row_sums(), np.abs(dense).sum(1), rtol=1e-6)
     back = Adjacency.from_file_arrays(40, adj.file_arrays())
     assert back.identical(adj) and back.identical(Adjacency.from_dense(dense))
@@ -160,6 +163,7 @@ def test_only_the_needed_multiply_adds_are_done(traced, monkeypatch):
     bundle, tc, graph = traced
     monkeypatch.setattr(attribution_module, "plan_batches", lambda *a, **k: plan(*a, **{**k, "min_rows": 1}))
     monkeypatch.setattr(PackedBackward, "EDGE_BMM_BELOW", 0)
+    monkeypatch.setattr(PackedBackward, "EDGE_BMM_MAX_PADDING", -1.0)  # never padded
     again = attribute(PROMPT, bundle, tc, AttributionParams(batch_size=16))
     np.testing.assert_allclose(again.adjacency_matrix, graph.adjacency_matrix, atol=1e-6)
     af = graph.active_features

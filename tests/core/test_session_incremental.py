@@ -19,6 +19,7 @@ from circuit_studio.core.session.records import GraphRecord, Session, Transcoder
 from circuit_studio.core.session.store import (load_session, read_session_info, remove_stale_files, save_session,
                                                save_session_as)
 from circuit_studio.core.session.store import write as store_write
+from circuit_studio.core.session.schema import SCHEMA_VERSION
 from test_session_store import (INDEX, MODEL, OTHER_MODEL, OTHER_TRANSCODERS, T0, TRANSCODERS, _temporaries,
                                 example_session, synthetic_graph)
 
@@ -29,9 +30,9 @@ def encoded(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = store_write.array_rows
 
-    def spy(rec):
+    def spy(rec, *args):
         calls.append(rec.id)
-        return real(rec)
+        return real(rec, *args)
 
     monkeypatch.setattr(store_write, "array_rows", spy)
     return calls
@@ -253,4 +254,4 @@ def test_a_whole_save_replaces_an_orphan_journal(tmp_path):
     s = example_session(interventions=False)
     save_session(s, path)
     assert _temporaries(tmp_path) == [] and load_session(path) == s
-    assert read_session_info(path).schema_version == 3
+    assert read_session_info(path).schema_version == SCHEMA_VERSION

@@ -10,12 +10,12 @@ from PySide6.QtCore import Qt
 
 from parity_cases import case_dirs, reference_graph
 
+from circuit_studio.core.graph.adjacency import Adjacency, Block
 from circuit_studio.core.session.analysis import Analysis
 from circuit_studio.ui.controller import Controller
 from circuit_studio.ui.node_connections import (EMPTY_TEXT, INPUTS_NEG, INPUTS_POS, LISTS,
                                                  NODE_ROLE, OUTPUTS_NEG, OUTPUTS_POS, TOP_N, VALUE_ROLE,
-                                                 ConnectionsModel, NodeConnectionsPane, node_connections,
-                                                 row_abs_sums)
+                                                 ConnectionsModel, NodeConnectionsPane, node_connections)
 
 
 @pytest.fixture
@@ -229,12 +229,18 @@ def test_header_and_labels_follow_the_model(pane, analysis):
 
 def test_node_connections_function_matches_matrix(graph):
     A = graph.adjacency_matrix
-    sums = row_abs_sums(A, chunk=7)  # chunking must not change the sums
-    assert np.allclose(sums, np.abs(A.astype(np.float64)).sum(axis=1))
+    n = graph.n_nodes
+    dense = Adjacency.from_dense(A)
+    blocks = Adjacency(n, [Block(np.arange(n), np.arange(n), np.ascontiguousarray(A.T))])  # as attribution holds it
     node = int(np.argmax((A != 0).sum(axis=1)))
-    keep = np.zeros(graph.n_nodes, dtype=bool)
+    keep = np.zeros(n, dtype=bool)
     keep[::2] = True
-    c = node_connections(A, node, sums, inputs=True, keep=keep)
     nz = [s for s in np.flatnonzero(A[node]) if s != node]
-    assert set(c.nodes.tolist()) == {s for s in nz if keep[s]}
-    assert c.n_hidden_pos + c.n_hidden_neg == sum(1 for s in nz if not keep[s])
+    for adj in (dense, blocks):
+        sums = adj.abs_row_sums(np.float64)
+        assert np.allclose(sums, np.abs(A.astype(np.float64)).sum(axis=1))
+        c = node_connections(adj, node, sums, inputs=True, keep=keep)
+        assert set(c.nodes.tolist()) == {s for s in nz if keep[s]}
+        assert c.n_hidden_pos + c.n_hidden_neg == sum(1 for s in nz if not keep[s])
+        out = node_connections(adj, node, sums, inputs=False)
+        assert set(out.nodes.tolist()) == {t for t in np.flatnonzero(A[:, node]) if t != node}

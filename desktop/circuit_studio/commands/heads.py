@@ -183,7 +183,7 @@ def split_report(graph, split, source: int | None, top: int) -> dict:
     if source is not None:
         out["source"] = _node_json(graph, source)
         out["edge"] = float(split.edges[source])
-        out["graph_edge"] = float(graph.adjacency_matrix[split.target, source])
+        out["graph_edge"] = float(graph.adjacency.row(split.target)[source])
     layers = []
     for i, layer in enumerate(split.layers):
         rows = split.parts[i]

@@ -324,11 +324,11 @@ class HeadsPane(QWidget):
         if node in (s, t):
             self._ensure()
             return True
-        A = g.adjacency_matrix
-        if g.kind_of(node) in (NodeKind.FEATURE, NodeKind.LOGIT) and np.any(A[node, :g.logit_offset]):
-            self.request_edge(int(np.argmax(np.abs(A[node, :g.logit_offset]))), node)
+        inputs = g.adjacency.row(node)[:g.logit_offset]
+        if g.kind_of(node) in (NodeKind.FEATURE, NodeKind.LOGIT) and np.any(inputs):
+            self.request_edge(int(np.argmax(np.abs(inputs))), node)
             return True
-        col = np.abs(A[:, node])
+        col = np.abs(g.adjacency.column(node))
         col[[i for i in range(g.n_nodes) if g.kind_of(i) not in (NodeKind.FEATURE, NodeKind.LOGIT)]] = 0
         if node < g.logit_offset and col.any():
             self.request_edge(node, int(np.argmax(col)))
@@ -496,7 +496,7 @@ class HeadsPane(QWidget):
             self.top_label.setText("")
             return
         s, t = st.edge
-        w = float(g.adjacency_matrix[t, s])
+        w = float(g.adjacency.values_at(np.array([t]), np.array([s]))[0])
         self.edge_label.setText(f"<b>{self._label(s)}</b> → <b>{self._label(t)}</b> · edge {w:+.3g}"
                                 + ("" if split is not None else " · <i>splitting…</i>"))
         if split is None:

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (QCheckBox, QHBoxLayout, QHeaderView, QLabel, QPus
                                QStackedWidget, QStyledItemDelegate, QTableView, QVBoxLayout, QWidget)
 
 from ..core.session.analysis import Analysis, Aspect
+from ..core.graph.adjacency import Adjacency
 from ..core.graph.display_text import layer_name
 from ..core.graph.attribution_graph import NodeKind
 from .canvas.style import NEGATIVE_COLOR, POSITIVE_COLOR
@@ -67,18 +68,11 @@ class Connections:
     n_hidden_neg: int  # negative ones
 
 
-def row_abs_sums(adjacency: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """float64 [N]: Σ_s |A[t, s]| per target row, in chunks so that no N×N temporary is made."""
-    out = np.empty(adjacency.shape[0], dtype=np.float64)
-    for start in range(0, adjacency.shape[0], chunk):
-        out[start:start + chunk] = np.abs(adjacency[start:start + chunk]).sum(axis=1, dtype=np.float64)
-    return out
-
-
-def node_connections(adjacency: np.ndarray, node: int, abs_sums: np.ndarray, *, inputs: bool,
+def node_connections(adjacency: Adjacency, node: int, abs_sums: np.ndarray, *, inputs: bool,
                      keep: np.ndarray | None = None) -> Connections:
-    """The inputs (`inputs=True`) or outputs of `node`; `keep` (bool [N]) filters the other end."""
-    line = adjacency[node] if inputs else adjacency[:, node]
+    """The inputs (`inputs=True`) or outputs of `node`; `keep` (bool [N]) filters the other end.
+    `abs_sums` [N] is `adjacency.abs_row_sums()`."""
+    line = adjacency.row(node) if inputs else adjacency.column(node)
     others = np.flatnonzero(line)
     others = others[others != node]
     n_hidden_pos = n_hidden_neg = 0
@@ -394,7 +388,7 @@ class NodeConnectionsPane(QWidget):
 
     def _abs_sums(self, analysis: Analysis) -> np.ndarray:
         if self._sums_graph is not analysis.graph:
-            self._sums = row_abs_sums(analysis.graph.adjacency_matrix)
+            self._sums = analysis.graph.adjacency.abs_row_sums(np.float64)
             self._sums_graph = analysis.graph
         return self._sums
 
@@ -420,7 +414,7 @@ class NodeConnectionsPane(QWidget):
         sums = self._abs_sums(analysis)
         keep = analysis.pruned.node_mask if self.only_kept.isChecked() else None
         limit = None if self.show_all.isChecked() else TOP_N
-        A = analysis.graph.adjacency_matrix
+        A = analysis.graph.adjacency
         column_rows = []
         for column, (inputs, pos_key, neg_key) in enumerate(((True, INPUTS_POS, INPUTS_NEG),
                                                               (False, OUTPUTS_POS, OUTPUTS_NEG))):
@@ -519,5 +513,5 @@ class NodeConnectionsPane(QWidget):
 
 
 __all__ = ["NodeConnectionsPane", "ConnectionsModel", "ConnectionsView", "Connections", "node_connections",
-           "row_abs_sums", "KIND_STYLE", "LISTS", "INPUTS_POS", "INPUTS_NEG", "OUTPUTS_POS", "OUTPUTS_NEG",
+           "KIND_STYLE", "LISTS", "INPUTS_POS", "INPUTS_NEG", "OUTPUTS_POS", "OUTPUTS_NEG",
            "NODE_ROLE", "VALUE_ROLE", "EMPTY_TEXT", "TOP_N"]

@@ -19,6 +19,9 @@ from functools import cached_property
 
 import numpy as np
 
+# the names of `Adjacency.file_arrays`' four arrays, in the order files store them
+FILE_KEYS = ("adjacency_block_shapes", "adjacency_block_rows", "adjacency_block_cols", "adjacency_block_values")
+
 
 class Block:
     """Target rows x source columns of A, dense: `values` float32 [len(cols), len(rows)]."""
@@ -129,6 +132,25 @@ class Adjacency:
                 out[e[lo:hi]] = self._blocks[int(blk[lo])].values[c[lo:hi], r[lo:hi]]
         return out
 
+    def submatrix(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        """float32 [len(rows), len(cols)]: A[rows][:, cols] (all columns when `cols` is None), without
+        building the matrix. Indices must be distinct."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.arange(self.n_nodes, dtype=np.int64) if cols is None else np.asarray(cols, dtype=np.int64)
+        if self._dense is not None:
+            return np.asarray(self._dense[np.ix_(rows, cols)], dtype=np.float32)
+        out = np.zeros((rows.size, cols.size), dtype=np.float32)
+        rpos = np.full(self.n_nodes, -1, dtype=np.int64)
+        rpos[rows] = np.arange(rows.size)
+        cpos = np.full(self.n_nodes, -1, dtype=np.int64)
+        cpos[cols] = np.arange(cols.size)
+        for b in self._blocks:
+            ri, ci = rpos[b.rows], cpos[b.cols]
+            r_in, c_in = np.flatnonzero(ri >= 0), np.flatnonzero(ci >= 0)
+            if r_in.size and c_in.size:
+                out[np.ix_(ri[r_in], ci[c_in])] = b.values[np.ix_(c_in, r_in)].T
+        return out
+
     def row(self, node: int) -> np.ndarray:
         """float32 [N]: A[node, :] (the node's inputs)."""
         if self._dense is not None:
@@ -151,14 +173,16 @@ class Adjacency:
                 out[b.rows] = b.values[j[0]]
         return out
 
-    def abs_row_sums(self) -> np.ndarray:
-        """float32 [N]: Σ_s |A[t, s]| per row (accumulated in float64)."""
-        if self._dense is not None:
-            return np.abs(self._dense).sum(axis=1, dtype=np.float64).astype(np.float32)
+    def abs_row_sums(self, dtype=np.float32) -> np.ndarray:
+        """[N] in `dtype`: Σ_s |A[t, s]| per row (accumulated in float64, in row chunks when dense so
+        that no N x N temporary is made)."""
         sums = np.zeros(self.n_nodes, dtype=np.float64)
+        if self._dense is not None:
+            for r in range(0, self.n_nodes, 512):
+                sums[r:r + 512] = np.abs(self._dense[r:r + 512]).sum(axis=1, dtype=np.float64)
         for b in self._blocks:
             sums[b.rows] += np.abs(b.values).sum(axis=0, dtype=np.float64)
-        return sums.astype(np.float32)
+        return sums.astype(dtype, copy=False)
 
     def identical(self, other: "Adjacency") -> bool:
         """Same size and the same bits in every entry (-0.0 and NaN payloads count)."""
@@ -193,12 +217,8 @@ class Adjacency:
         bl = self._blocks
         shapes = np.array([(b.rows.size, b.cols.size) for b in bl], dtype=np.int64).reshape(-1, 2)
         cat = (lambda parts, dt: np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt))
-        return {
-            "adjacency_block_shapes": shapes,
-            "adjacency_block_rows": cat([b.rows for b in bl], np.int64),
-            "adjacency_block_cols": cat([b.cols for b in bl], np.int64),
-            "adjacency_block_values": cat([b.values.ravel() for b in bl], np.float32),
-        }
+        return dict(zip(FILE_KEYS, (shapes, cat([b.rows for b in bl], np.int64), cat([b.cols for b in bl], np.int64),
+                                    cat([b.values.ravel() for b in bl], np.float32))))
 
     @classmethod
     def from_file_arrays(cls, n_nodes: int, arrays: dict[str, np.ndarray]) -> "Adjacency":

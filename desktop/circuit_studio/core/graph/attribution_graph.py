@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .adjacency import Adjacency
+from .adjacency import FILE_KEYS, Adjacency
 from ..atomic_write import output_error, replace_all_or_none
 from ..errors import GraphFileError
 
@@ -269,9 +269,7 @@ def load_graph(path: str | Path) -> AttributionGraph:
             else:  # format 2: blocks
                 n = (arrays["selected_features"].shape[0] + (int(header["n_layers"]) + 1) * arrays["input_tokens"].shape[0]
                      + arrays["logit_token_ids"].shape[0])
-                arrays["adjacency"] = Adjacency.from_file_arrays(
-                    n, {k: z[k] for k in ("adjacency_block_shapes", "adjacency_block_rows", "adjacency_block_cols",
-                                          "adjacency_block_values")})
+                arrays["adjacency"] = Adjacency.from_file_arrays(n, {k: z[k] for k in FILE_KEYS})
     except FileNotFoundError as e:
         raise GraphFileError(f"Graph file {path} does not exist.") from e
     except Exception as e:  # zip, json and key errors all mean the same thing to the user

@@ -249,7 +249,7 @@ def _edge_rows(side_a: _Side, side_b: _Side, both: list[tuple], ids_b: dict[int,
     ia, ib = np.asarray(na), np.asarray(nb)
 
     def scores(g: AttributionGraph, pruner: Pruner, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = g.adjacency_matrix[idx]  # [M, N]: the aligned targets' full input rows (for normalising)
+        rows = g.adjacency.submatrix(idx)  # [M, N]: the aligned targets' full input rows (for normalising)
         norm = normalize_matrix(rows)
         mass = pruner.node_influence[idx] + g.logit_weights()[idx]
         return rows[:, idx], norm[:, idx] * mass[:, None]

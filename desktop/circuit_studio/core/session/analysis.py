@@ -238,7 +238,7 @@ class Analysis:
             return np.zeros((0, 0), dtype=np.float32)
         members = np.concatenate([np.asarray(m, dtype=np.int64) for m in groups])
         starts = np.cumsum([0] + [len(m) for m in groups[:-1]])
-        block = self.graph.adjacency_matrix[np.ix_(members, members)]
+        block = self.graph.adjacency.submatrix(members, members)
         out = np.add.reduceat(np.add.reduceat(block, starts, axis=0), starts, axis=1).astype(np.float32)
         np.fill_diagonal(out, 0.0)  # edges inside a supernode are not edges of the subgraph
         return out

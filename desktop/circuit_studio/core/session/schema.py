@@ -9,13 +9,13 @@ anything else:
 
     meta(key TEXT PRIMARY KEY, value TEXT)
         format          "circuit-studio-session"
-        schema_version  "3" (this module's SCHEMA_VERSION)
+        schema_version  "4" (this module's SCHEMA_VERSION)
         app_version     circuit_studio.__version__ of the writer
         created, saved  ISO 8601 times (the session's creation; the last save that changed something)
         digest          sha256 over every other row of every table (see `session_store`), so a
                         damaged cell is reported instead of loaded
 
-Schema version 3 (current):
+Schema version 4 (current; its tables are version 3's):
 
     resources(id PK, kind: "model" | "transcoders" | "feature_index", path, content_hash,
            summary JSON)                                  <- new in v3 (replaces v2's `sources`)
@@ -27,7 +27,7 @@ Schema version 3 (current):
            title, notes,                                  <- new in v2
            model_id, transcoders_id, feature_index_id)    <- new in v3: what the graph was traced with
     graph_arrays(graph_id, name) PK: dtype (numpy dtype.str, e.g. "<f4"), shape JSON,
-           encoding ("raw" | "nonzero"), nbytes (payload bytes), n_chunks
+           encoding ("raw" | "nonzero" | "blocks"), nbytes (payload bytes), n_chunks
     array_chunks(graph_id, name, seq) PK: crc32, data BLOB    (payload split in <= 512 MiB chunks)
     pins(graph_id, seq) PK: node                              (pinning order = seq)
     supernodes(graph_id, id) PK: seq, name, members JSON      (node indices, in order)
@@ -40,16 +40,24 @@ row). `labels.transcoders` is the set's identity (`session.transcoder_identity`:
 "" for graphs of an unknown set), so a label names one feature of one transcoder set and is never
 shown on a graph traced with another; `seq` is the order within a set.
 
-Array payloads: "raw" is the C-order bytes. "nonzero" (used for the adjacency matrix) is lossless
-and compact: a 16-byte header (two little-endian uint64: length of the compressed mask, number of
-stored values), the zlib-compressed bit mask (`np.packbits`, C order) of the entries whose *bits*
-are not all zero (so -0.0 and NaN payloads survive), zero padding to 8 bytes, then those entries'
-raw values in C order. Each chunk carries its zlib.crc32. A graph's arrays are written once, when the
-graph is first saved into the file; later saves leave those rows alone.
+Array payloads: "raw" is the C-order bytes. "nonzero" (the adjacency matrix of a graph held dense) is
+lossless and compact: a 16-byte header (two little-endian uint64: length of the compressed mask,
+number of stored values), the zlib-compressed bit mask (`np.packbits`, C order) of the entries whose
+*bits* are not all zero (so -0.0 and NaN payloads survive), zero padding to 8 bytes, then those
+entries' raw values in C order. "blocks" (the adjacency of a graph held in blocks, as attribution
+writes big graphs; `graph.adjacency`): a little-endian uint64 n_blocks, then the four arrays of the
+graph file's format 2, concatenated without padding: block shapes int64 [n_blocks, 2] (rows,
+columns), every block's target rows int64, source columns int64, and values float32 ([columns,
+rows] per block, C order); entries outside the blocks are 0. The graph_arrays row still says dtype
+"<f4" and shape [N, N]. Each chunk carries its zlib.crc32. A graph's arrays are written once, when
+the graph is first saved into the file; later saves leave those rows alone.
 
 Changes from version 1: `graphs.title` and `graphs.notes` (a per-graph title and notes).
 Changes from version 2: `resources` and the *_id columns (per-graph model, transcoders, feature index;
 v2's `sources` held one model and one transcoder set per session), labels keyed by transcoder set.
+Changes from version 3: the "blocks" encoding of the adjacency (tables unchanged), so that a graph of
+tens of thousands of nodes is saved and reopened without an N x N matrix; a v3 reader cannot decode
+it, hence the new version.
 
 Migrations: `MIGRATIONS[v]` turns a version-v database into version v+1 in place; the store applies
 them to an in-memory copy, never to the user's file (saving onto an old file rewrites it whole and
@@ -66,8 +74,8 @@ import sqlalchemy as sa
 
 FORMAT_NAME = "circuit-studio-session"
 APPLICATION_ID = 0x43537353  # "CSsS", in the SQLite header at offset 68
-SCHEMA_VERSION = 3
-ADJACENCY_ENCODING = "nonzero"
+SCHEMA_VERSION = 4
+BLOCKS_SINCE = 4  # the first version whose adjacency may be stored as "blocks"
 CHUNK_BYTES = 512 << 20  # below SQLite's default 1e9-byte limit on one value
 RESOURCE_KINDS = ("model", "transcoders", "feature_index")
 BINDING_COLUMNS = ("model_id", "transcoders_id", "feature_index_id")  # session and graphs -> resources.id
@@ -219,8 +227,8 @@ def _tables_v3() -> sa.MetaData:
 
 SCHEMA_V1 = _tables_v1()
 SCHEMA_V2 = _tables_v2()
-SCHEMA = _tables_v3()  # the current schema (version SCHEMA_VERSION)
-SCHEMAS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA}
+SCHEMA = _tables_v3()  # the current schema (version SCHEMA_VERSION: v4 has v3's tables)
+SCHEMAS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA, 4: SCHEMA}
 
 # Tables and columns left out of the meta digest: the chunk data is covered by its crc32 column.
 DIGEST_SKIP_COLUMNS = {"array_chunks": {"data"}}
@@ -258,7 +266,11 @@ def migrate_2_to_3(conn: sa.Connection) -> None:
     conn.exec_driver_sql("DROP TABLE sources")
 
 
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: migrate_1_to_2, 2: migrate_2_to_3}
+def migrate_3_to_4(conn: sa.Connection) -> None:
+    """v4 only adds an array encoding ("blocks"); a v3 file's rows are already valid v4 rows."""
+
+
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: migrate_1_to_2, 2: migrate_2_to_3, 3: migrate_3_to_4}
 
 
 def migrate(conn: sa.Connection, from_version: int) -> None:

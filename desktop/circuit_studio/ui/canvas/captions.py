@@ -154,11 +154,11 @@ def node_tooltip_html(analysis: Analysis, node: int, changes: dict[int, float] |
     rows.append(" · ".join(facts))
     sel = a.selected
     if sel is not None and sel != node:
-        A = a.graph.adjacency_matrix
-        if A[sel, node]:
-            rows.append(f"edge to selected: {float(A[sel, node]):+.3g}")
-        elif A[node, sel]:
-            rows.append(f"edge from selected: {float(A[node, sel]):+.3g}")
+        to_sel, from_sel = a.graph.adjacency.values_at(np.array([sel, node]), np.array([node, sel]))
+        if to_sel:
+            rows.append(f"edge to selected: {float(to_sel):+.3g}")
+        elif from_sel:
+            rows.append(f"edge from selected: {float(from_sel):+.3g}")
     if changes and node in changes and np.isfinite(changes[node]):
         change = changes[node]
         rows.append(f"after intervention: activation {change:+.0%}" + (" (off)" if change <= -0.999 else ""))

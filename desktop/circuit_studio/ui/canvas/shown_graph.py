@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...core.session.analysis import Analysis
+from ...core.graph.adjacency import Adjacency
 from ...core.graph.layout import GraphLayout, layered_layout
 from ...core.graph.pruning import PruneResult
 
@@ -42,8 +43,8 @@ class ShownGraph:
         index = np.full(g.n_nodes, -1, dtype=np.int64)
         index[lay.nodes] = np.arange(lay.nodes.size)
         all_kinds = g.node_kinds()
-        t, s = kept_edges(pr, g.adjacency_matrix)
-        w = g.adjacency_matrix[t, s]
+        t, s = kept_edges(pr, g.adjacency)
+        w = g.adjacency.values_at(t, s)
         keep = (w != 0) & (index[t] >= 0) & (index[s] >= 0)
         t, s, w = t[keep], s[keep], w[keep]
         incoming = np.bincount(t, weights=np.abs(w), minlength=g.n_nodes)
@@ -67,17 +68,14 @@ class ShownGraph:
         return []
 
 
-def kept_edges(pr: PruneResult, adjacency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, sources) of the kept edges with a non-zero weight, between kept nodes.
+def kept_edges(pr: PruneResult, adjacency: Adjacency) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, sources) of the kept edges with a non-zero weight, between kept nodes, row-major.
 
-    Equivalent to `PruneResult.kept_edges()` but one scan of the mask instead of a [K, K] gather; when
-    the edge cut fell into the zeros (every entry "kept"), only the non-zero weights among kept nodes.
+    `PruneResult.kept_edges()`, except when the edge cut fell into the zeros (every entry among kept
+    nodes "kept"): then only the non-zero weights among kept nodes (read without an N x N matrix).
     """
-    n = pr.node_mask.size
-    if pr.edge_cut > 0:
-        t, s = np.divmod(np.flatnonzero(pr.edge_mask), n)
-        return t, s
+    if not pr.all_entries:
+        return pr.kept_edges()
     kept = np.flatnonzero(pr.node_mask)
-    sub = pr.edge_mask[np.ix_(kept, kept)] & (adjacency[np.ix_(kept, kept)] != 0)
-    t, s = np.nonzero(sub)
+    t, s = np.nonzero(adjacency.submatrix(kept, kept))
     return kept[t], kept[s]

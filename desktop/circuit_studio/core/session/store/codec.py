@@ -1,4 +1,5 @@
-"""Array payloads of session files: "raw" and the lossless "nonzero" encoding (see `session_schema`)."""
+"""Array payloads of session files: "raw", the lossless "nonzero" encoding, and "blocks" for an adjacency
+held in blocks (see `session.schema`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import struct
 import zlib
 
 import numpy as np
+
+from ...graph.adjacency import FILE_KEYS, Adjacency
 
 _ALLOWED_KINDS = "biuf"  # bool, ints, floats: never objects
 _BLOCK_BYTES = 4 << 20  # the non-zero codec works on row blocks of about this size (cache-friendly)
@@ -92,3 +95,60 @@ def payload_bound(arr: np.ndarray, encoding: str) -> int:
     mask = (arr.size + 7) // 8
     nnz = int(np.count_nonzero(arr.reshape(-1).view(f"u{arr.dtype.itemsize}"))) if arr.size else 0
     return 16 + mask + mask // 1000 + 64 + 8 + nnz * arr.dtype.itemsize  # zlib never grows data by more
+
+
+# ---- the adjacency ----
+
+def encode_adjacency(adj: Adjacency, *, allow_blocks: bool = True) -> tuple[str, memoryview]:
+    """(encoding, payload) of a graph's adjacency: its blocks as they are ("blocks"), so that a graph
+    held in blocks is never made an N x N matrix to be saved; a dense one (or any, for schemas before 4)
+    as "nonzero"."""
+    if adj.is_dense or not allow_blocks:
+        return "nonzero", encode_array(adj.dense(), "nonzero")
+    arrays = adj.file_arrays()
+    parts = [np.frombuffer(struct.pack("<Q", arrays[FILE_KEYS[0]].shape[0]), np.uint8)]
+    parts += [np.ascontiguousarray(arrays[k]).reshape(-1).view(np.uint8) for k in FILE_KEYS]
+    return "blocks", memoryview(np.concatenate(parts))
+
+
+def adjacency_payload_bound(adj: Adjacency, *, allow_blocks: bool = True) -> int:
+    """An upper bound on the length of `encode_adjacency(adj)[1]` (exact for blocks), without encoding."""
+    if adj.is_dense or not allow_blocks:
+        return payload_bound(adj.dense(), "nonzero")
+    n_rows = sum(b.rows.size for b in adj.blocks)
+    n_cols = sum(b.cols.size for b in adj.blocks)
+    return 8 + 16 * len(adj.blocks) + 8 * (n_rows + n_cols) + 4 * adj.n_stored
+
+
+def decode_adjacency(payload: bytes, dtype: str, shape: tuple[int, ...], encoding: str) -> Adjacency:
+    """The adjacency stored by `encode_adjacency` (or, in older files, as any array encoding)."""
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"adjacency of shape {shape}")
+    if encoding != "blocks":
+        return Adjacency.from_dense(decode_array(payload, dtype, shape, encoding))
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"block adjacency of dtype {dtype}")
+    buf = np.frombuffer(payload, np.uint8)
+    if buf.size < 8:
+        raise ValueError("block payload too short")
+    (n_blocks,) = struct.unpack_from("<Q", payload)
+    at = 8
+
+    def take(count: int, dt) -> np.ndarray:
+        nonlocal at
+        nbytes = count * np.dtype(dt).itemsize
+        if at + nbytes > buf.size:
+            raise ValueError("block payload too short")
+        out = buf[at:at + nbytes].view(dt)
+        at += nbytes
+        return out
+
+    shapes = take(2 * n_blocks, np.int64).reshape(-1, 2)
+    if shapes.size and shapes.min() < 0:
+        raise ValueError("negative block size")
+    rows = take(int(shapes[:, 0].sum()), np.int64)
+    cols = take(int(shapes[:, 1].sum()), np.int64)
+    values = take(int((shapes[:, 0] * shapes[:, 1]).sum()), np.float32).copy()  # writable, owned
+    if at != buf.size:
+        raise ValueError("block payload has the wrong length")
+    return Adjacency.from_file_arrays(shape[0], dict(zip(FILE_KEYS, (shapes, rows.copy(), cols.copy(), values))))

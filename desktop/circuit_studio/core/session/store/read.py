@@ -16,10 +16,11 @@ from sqlalchemy.pool import StaticPool
 
 from .... import __version__ as APP_VERSION
 from ..analysis import Supernode
+from ...graph.adjacency import Adjacency
 from ...graph.attribution_graph import AttributionGraph, AttributionParams
 from ..records import CanvasView, GraphRecord, InterventionRecord, Session, TokenProb
 from ..schema import FORMAT_NAME, SCHEMA, SCHEMA_VERSION, migrate
-from .codec import decode_array
+from .codec import decode_adjacency, decode_array
 from .files import (LOCK_TIMEOUT, SQLITE_READONLY_ROLLBACK, SessionError, check_header, damaged, digest, is_locked,
                     locked, not_a_session, settle_journal, unfinished_save)
 from .registry import remember
@@ -158,7 +159,8 @@ def _read_session(c: sa.Connection) -> Session:
     graphs = []
     for r in rows("graphs", "seq"):
         gid = r["id"]
-        arrays = {name: _read_array(c, gid, name) for name in ARRAYS}
+        arrays = {name: _read_array(c, gid, name) for name in ARRAYS if name != "adjacency_matrix"}
+        arrays["adjacency"] = _read_array(c, gid, "adjacency_matrix")
         graph = AttributionGraph(
             prompt=r["prompt"], token_strings=tuple(r["token_strings"]), logit_tokens=tuple(r["logit_tokens"]),
             n_layers=r["n_layers"], vocab_size=r["vocab_size"], params=AttributionParams(**r["params"]),
@@ -176,7 +178,8 @@ def _read_session(c: sa.Connection) -> Session:
                    created=datetime.fromisoformat(meta["created"]), **bound_refs(refs, doc))
 
 
-def _read_array(c: sa.Connection, graph_id: int, name: str) -> np.ndarray:
+def _read_array(c: sa.Connection, graph_id: int, name: str) -> np.ndarray | Adjacency:
+    """The stored array `name` of a graph (the adjacency as an `Adjacency`, dense or in blocks)."""
     A, C = SCHEMA.tables["graph_arrays"], SCHEMA.tables["array_chunks"]
     info = c.execute(sa.select(A).where(A.c.graph_id == graph_id, A.c.name == name)).mappings().one_or_none()
     if info is None:
@@ -191,7 +194,8 @@ def _read_array(c: sa.Connection, graph_id: int, name: str) -> np.ndarray:
     payload = chunks[0].data if len(chunks) == 1 else b"".join(ch.data for ch in chunks)
     if len(payload) != info["nbytes"]:
         raise ValueError(f"graph {graph_id} {name}: {len(payload)} bytes, expected {info['nbytes']}")
-    return decode_array(payload, info["dtype"], tuple(info["shape"]), info["encoding"])
+    decode = decode_adjacency if name == "adjacency_matrix" else decode_array
+    return decode(payload, info["dtype"], tuple(info["shape"]), info["encoding"])
 
 
 def _intervention_from_json(d: dict):

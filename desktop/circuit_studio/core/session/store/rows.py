@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from ...graph.attribution_graph import AttributionGraph
 from ..records import (FeatureIndexRef, FolderRef, GraphRecord, ModelRef, Session, TranscoderRef,
                        transcoder_identity)
-from ..schema import ADJACENCY_ENCODING, BINDING_COLUMNS, CHUNK_BYTES, RESOURCE_KINDS
-from .codec import encode_array, payload_bound
+from ..schema import BINDING_COLUMNS, BLOCKS_SINCE, CHUNK_BYTES, RESOURCE_KINDS, SCHEMA_VERSION
+from .codec import adjacency_payload_bound, encode_adjacency, encode_array, payload_bound
 
 ARRAYS = ("input_tokens", "active_features", "activation_values", "selected_features",
           "logit_token_ids", "logit_probabilities", "adjacency_matrix")
@@ -103,23 +103,29 @@ def old_schema_rows(t: dict[str, list[Row]], session: Session) -> dict[str, list
     return out
 
 
-def array_rows(rec: GraphRecord) -> Iterable[tuple[Row, list[Row]]]:
+def array_rows(rec: GraphRecord, schema_version: int = SCHEMA_VERSION) -> Iterable[tuple[Row, list[Row]]]:
     """Each array of the record's graph: its graph_arrays row and array_chunks rows (encoded one array at a
-    time, so that a save never holds more than one encoded array)."""
+    time, so that a save never holds more than one encoded array). The adjacency is stored as the graph
+    holds it: its blocks ("blocks", from schema 4) or its non-zeros ("nonzero")."""
+    g = rec.graph
     for name in ARRAYS:
-        arr = getattr(rec.graph, name)
-        encoding = ADJACENCY_ENCODING if name == "adjacency_matrix" else "raw"
-        payload = encode_array(arr, encoding)
+        if name == "adjacency_matrix":
+            encoding, payload = encode_adjacency(g.adjacency, allow_blocks=schema_version >= BLOCKS_SINCE)
+            dtype, shape = "<f4", [g.n_nodes, g.n_nodes]
+        else:
+            arr = getattr(g, name)
+            encoding, payload, dtype, shape = "raw", encode_array(arr, "raw"), arr.dtype.str, list(arr.shape)
         chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, max(len(payload), 1), CHUNK_BYTES)]
-        yield ({"graph_id": rec.id, "name": name, "dtype": arr.dtype.str, "shape": list(arr.shape),
+        yield ({"graph_id": rec.id, "name": name, "dtype": dtype, "shape": shape,
                 "encoding": encoding, "nbytes": len(payload), "n_chunks": len(chunks)},
                [{"graph_id": rec.id, "name": name, "seq": i, "crc32": zlib.crc32(c), "data": c}
                 for i, c in enumerate(chunks)])
 
 
-def graph_payload_bound(graph: AttributionGraph) -> int:
-    return sum(payload_bound(getattr(graph, name), ADJACENCY_ENCODING if name == "adjacency_matrix" else "raw")
-               for name in ARRAYS)
+def graph_payload_bound(graph: AttributionGraph, schema_version: int = SCHEMA_VERSION) -> int:
+    """An upper bound on the bytes `array_rows` stores for `graph` (the adjacency is never densified for it)."""
+    return (adjacency_payload_bound(graph.adjacency, allow_blocks=schema_version >= BLOCKS_SINCE)
+            + sum(payload_bound(getattr(graph, name), "raw") for name in ARRAYS if name != "adjacency_matrix"))
 
 
 def _value_bytes(v: Any) -> int:

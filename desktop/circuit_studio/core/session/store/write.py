@@ -214,6 +214,8 @@ def _write_rows(conn: sqlite3.Connection, session: Session, target: Path, schema
         ids = {tuple(key): rid for rid, *key in cur.execute(
             "SELECT id, kind, path, content_hash, summary FROM resources")}
         tables = session_rows(session, ids)
+    elif schema_version >= 3:  # v3 has the current tables (only the adjacency's encoding differs)
+        tables = session_rows(session)
     else:
         tables = old_schema_rows(session_rows(session), session)
     stored = {gid for (gid,) in cur.execute("SELECT DISTINCT graph_id FROM graph_arrays")}
@@ -222,7 +224,7 @@ def _write_rows(conn: sqlite3.Connection, session: Session, target: Path, schema
     changes = [diff_table(cur, md.tables[name], rows, schema_version=schema_version) for name, rows in tables.items()]
 
     values, n_rows = (sum(x) for x in zip(*(c.written for c in changes)))
-    payload = sum(graph_payload_bound(r.graph) for r in new)
+    payload = sum(graph_payload_bound(r.graph, schema_version) for r in new)
     # Measured on sessions of 0.08-10 MB written whole: 6-28 % above the real size, never below. In place,
     # the rows changed may also go to the journal once.
     page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -236,7 +238,7 @@ def _write_rows(conn: sqlite3.Connection, session: Session, target: Path, schema
         cur.execute("DELETE FROM array_chunks WHERE graph_id = ?", (gid,))
         cur.execute("DELETE FROM graph_arrays WHERE graph_id = ?", (gid,))
     for rec in new:
-        for info, chunks in array_rows(rec):
+        for info, chunks in array_rows(rec, schema_version):
             insert_rows(cur, md.tables["graph_arrays"], [info])
             insert_rows(cur, md.tables["array_chunks"], chunks)
     changed = any(changes) or bool(stored - kept) or bool(new)
