@@ -1,4 +1,4 @@
-"""Time feature search (`core.feature_search`): the demo's index (4 x 1,024 features) and a synthetic
+"""Time feature search (`core.features.search`): the demo's index (4 x 1,024 features) and a synthetic
 26 x 16,384-feature one (a Gemma-2-2B-sized transcoder set) written with the index writer's schema and
 record format from seeded random data.
 

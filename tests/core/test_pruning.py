@@ -10,7 +10,8 @@ import pytest
 
 from circuit_studio.core.graph.attribution_graph import AttributionGraph
 from circuit_studio.core.graph.pruning import (InfluenceDidNotConverge, Pruner, _cut, compute_influence, find_threshold,
-                                         graph_scores, node_influence, normalize_matrix, prune_graph, to_networkx)
+                                         graph_scores, node_influence, prune_graph, to_networkx)
+from circuit_studio.core.graph.row_normalisation import normalize_matrix
 
 try:
     from .parity_cases import case_json, case_params, reference_arrays, reference_graph, reference_json
@@ -308,7 +309,7 @@ def test_sparse_and_dense_edge_scores_prune_alike(seed, monkeypatch):
 
 
 def test_layered_influence_equals_power_iteration():
-    from circuit_studio.core.graph.pruning import _layer_blocks, _layered_influence, normalize_matrix
+    from circuit_studio.core.graph.pruning import _layer_blocks, _layered_influence
 
     g = random_graph(np.random.default_rng(7), n_layers=4, n_feat=200, density=0.4)
     blocks = _layer_blocks(g)

@@ -15,8 +15,10 @@ from circuit_studio.core.model.loading import load_model, tokenize_prompt
 from circuit_studio.core.progress import CancelToken, Progress
 from circuit_studio.core.synthetic import WORDS, random_transcoders
 from circuit_studio.core.transcoders.loading import load_transcoders
-from circuit_studio.core.transcoders.training import (JumpReLUTranscoder, TrainingError, _target_transform,
-                                                     default_hooks_for, evaluate_transcoders, train_transcoders)
+from circuit_studio.core.transcoders.evaluation import evaluate_transcoders
+from circuit_studio.core.transcoders.jumprelu import JumpReLUTranscoder
+from circuit_studio.core.transcoders.training import _target_transform, default_hooks_for, train_transcoders
+from circuit_studio.core.transcoders.training_report import TrainingError
 from circuit_studio.core.transcoders.writing import save_transcoders
 
 CONTEXT = 16

@@ -18,8 +18,9 @@ from circuit_studio.core.interventions.intervene import (SteeringRun, compute_co
 from circuit_studio.core.session.records import CanvasView, transcoder_identity
 from circuit_studio.core.session.store import load_session, save_session
 from circuit_studio.core.interventions.steering import NO_MODEL, ResultChanged, RowChanged, SteeringError
-from circuit_studio.core.session.workspace import (AnalysisChanged, Binding, CurrentGraphChanged, GraphAdded, ResourceRef,
-                                           ViewChanged, WindowStateChanged, Workspace, transcoders_not_loaded)
+from circuit_studio.core.session.workspace import Binding, ResourceRef, Workspace, transcoders_not_loaded
+from circuit_studio.core.session.workspace_events import (AnalysisChanged, CurrentGraphChanged, GraphAdded, ViewChanged,
+                                                          WindowStateChanged)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from circuit_studio.core.features.corpus_text import token_windows
 from circuit_studio.core.features.index import FeatureIndex
 from circuit_studio.core.model.loading import load_model
 from circuit_studio.core.graph.pruning import Pruner
+from circuit_studio.core.transcoders.evaluation import evaluate_transcoders
 from circuit_studio.core.transcoders.loading import check_transcoders_fit, load_transcoders
-from circuit_studio.core.transcoders.training import evaluate_transcoders
 from circuit_studio.demo.corpus import heldout_prompts
 from circuit_studio.ui.controller import demo_paths, read_curated_prompts
 

@@ -21,7 +21,7 @@ def controller(qtbot):
 
 
 def test_the_prompt_bar_previews_the_templated_tokens(qtbot, controller, tiny_model_folder):
-    from circuit_studio.ui.main_window import PromptBar
+    from circuit_studio.ui.prompt_bar import PromptBar
 
     c = controller
     bundle = load_model(tiny_model_folder("llama"), device="cpu")

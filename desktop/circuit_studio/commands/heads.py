@@ -1,7 +1,7 @@
 """`circuit-studio heads`: which attention heads carried a node's edges, and why a head attended where it did.
 
 Computes (or reads, with --graph) the prompt's attribution graph, then
-* --target NODE: every edge into NODE split per head of each attention layer (`core.head_attribution`):
+* --target NODE: every edge into NODE split per head of each attention layer (`core.attribution.heads`):
   per layer, each head's and the bypass's share of the target's input, with the top sources of each;
   with --source NODE, that one edge's split;
 * --qk LAYER,HEAD,Q,K: the pre-softmax score of that head, query Q attending to key K, decomposed over

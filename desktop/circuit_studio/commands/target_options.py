@@ -1,4 +1,4 @@
-"""The custom-target flags of every command that traces a graph (`core.targets` has the semantics):
+"""The custom-target flags of every command that traces a graph (`core.attribution.targets` has the semantics):
 
     --target-ids 24,16,55                       token ids, in the given order
     --target-tokens TEXT                        one single-token string each (repeatable)

@@ -11,8 +11,8 @@ Steps (`--only` takes a comma-separated subset, in this order):
                  `corpus_sample.txt` (the full corpus is regenerated deterministically by later steps)
     model        byte-level BPE tokenizer + LlamaForCausalLM -> `model/` (HF folder)
     evaluate     held-out accuracy per behaviour -> `evaluation.json`, `evaluation.md`, `prompts.json`
-    transcoders  per-layer JumpReLU transcoders (`core.transcoder_training`) -> `transcoders/`
-    index        feature index of those transcoders (`core.feature_index_build`) -> `features.sqlite`
+    transcoders  per-layer JumpReLU transcoders (`core.transcoders.training`) -> `transcoders/`
+    index        feature index of those transcoders (`core.features.index_build`) -> `features.sqlite`
     clt          a cross-layer JumpReLU transcoder on the same data -> `clt/`
     clt_index    feature index of the cross-layer transcoder -> `clt_features.sqlite`
 

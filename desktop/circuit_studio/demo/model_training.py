@@ -2,14 +2,14 @@
 
 Tokenizer: byte-level BPE trained with the `tokenizers` library; digits are split one by one
 before BPE (so "123" is always "1" "2" "3"); special tokens `<pad>`=0, `<bos>`=1, `<eos>`=2. BOS is
-deliberately not id 0 (circuit-tracer and `core.model_loading.tokenize_prompt` skip a BOS of 0).
+deliberately not id 0 (circuit-tracer and `core.model.loading.tokenize_prompt` skip a BOS of 0).
 Encoding with `add_special_tokens=False` gives just the text's tokens; the default adds `<bos>`.
 
 Model: `LlamaForCausalLM` (RMSNorm, rotary positions, SwiGLU MLP), tied embeddings, no dropout,
 float32. Training is a plain PyTorch loop: AdamW (weight decay on matrices only), linear warm-up
 then cosine decay to `min_lr`, gradient clipping, random windows that start at line starts, each
 window beginning with `<bos>` and lines following each other without a separator (as in
-`core.corpus_text.token_windows`). Progress goes to a `progress(Progress)` callback and a `CancelToken`
+`core.features.corpus_text.token_windows`). Progress goes to a `progress(Progress)` callback and a `CancelToken`
 is checked every step. The result is a normal HF folder (`save_pretrained` for model and
 tokenizer) that loads with `AutoModelForCausalLM` / `AutoTokenizer` and with `load_model`.
 """
@@ -107,7 +107,7 @@ def _raw_tokenizer(tokenizer):
 @dataclass(frozen=True, eq=False)
 class TokenStream:
     """The corpus as one id array, lines directly one after the other (no separator token, as
-    `core.corpus_text.token_windows` packs them for transcoders and the feature index; every
+    `core.features.corpus_text.token_windows` packs them for transcoders and the feature index; every
     corpus line ends with punctuation); `line_starts` index it."""
 
     ids: np.ndarray

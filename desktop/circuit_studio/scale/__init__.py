@@ -6,7 +6,7 @@ module level, and nothing else in Circuit Studio imports this package unless `--
 
     cluster.py     joining or starting Ray, the pool of model-holding actors, dispatch and retries
     workers.py     the actor: model + transcoders loaded once; index shards, logit effects, graphs
-    ray_index.py   `index-features --ray`: the core build (`core.feature_index_build.run_index_build`)
+    ray_index.py   `index-features --ray`: the core build (`core.features.index_build.run_index_build`)
                    with its shards run on the actors, merged exactly as in one process
     batch.py       `attribute-batch`: a prompt file -> one graph per prompt (in this process or on
                    the actors), resumable, as circuit-tracer graph files and/or a session

@@ -44,7 +44,7 @@ from ..core.progress import CancelToken, ProgressFn, check, report
 SUMMARY_FILE = "batch-summary.json"
 SUMMARY_FORMAT = "circuit-studio-batch"
 SUMMARY_VERSION = 1
-INDEX_FILE = "graph-metadata.json"  # as core.export.INDEX_FILE (not imported: that pulls in the graph code)
+INDEX_FILE = "graph-metadata.json"  # as core.graph.export.INDEX_FILE (not imported: that pulls in the graph code)
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 _RESERVED = {SUMMARY_FILE.rsplit(".", 1)[0], INDEX_FILE.rsplit(".", 1)[0]}
 _FLUSH_S = 2.0  # the index files are rewritten at most this often (and at the end)

@@ -1,6 +1,6 @@
 """`index-features --ray`: the feature index of a big corpus, its shards run on Ray actors.
 
-The build is the core one (`core.feature_index_build.run_index_build`); only where shards run
+The build is the core one (`core.features.index_build.run_index_build`); only where shards run
 changes (`RayIndexExecutor`). Each actor holds the model and transcoders once; the driver holds the
 tokenizer, the corpus windows (put once into Ray's object store) and the merged per-feature state,
 and writes the file. Results are merged in shard order, by shard id (a retried shard counts
@@ -25,7 +25,7 @@ _PHASES = {"scan": "Scanning corpus", "bands": "Histograms"}
 
 
 class RayIndexExecutor:
-    """`core.feature_index_shards.ShardExecutor` on a `WorkerPool`: one call per shard, progress
+    """`core.features.index_shards.ShardExecutor` on a `WorkerPool`: one call per shard, progress
     reported per finished shard (in batches, over all shards)."""
 
     def __init__(self, pool: WorkerPool, progress: ProgressFn | None = None, cancel: CancelToken | None = None,

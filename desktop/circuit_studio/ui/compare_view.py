@@ -2,7 +2,7 @@
 
 Each side is a `GraphCanvas` on its own `Controller` (its own `Analysis` of the entry's graph, with the
 labels of the entry's transcoders), so selecting here does not move the main window's canvas. The diff
-list is `core.graph_compare`'s: clicking a row selects its node on both canvases (an edge row selects
+list is `core.graph.compare`'s: clicking a row selects its node on both canvases (an edge row selects
 its target). Graphs of different transcoder sets cannot be aligned feature by feature: the list then
 gives way to what each explains (replacement / completeness and the top nodes by influence).
 """

@@ -1,9 +1,9 @@
-"""The window's controller: the Qt face of the `core.workspace.Workspace`, and the jobs that change it.
+"""The window's controller: the Qt face of the `core.session.workspace.Workspace`, and the jobs that change it.
 
 The workspace (Qt-free) is the one source of truth: what is loaded, the graphs and what each was
 traced with, the current analysis and its steering. The controller turns the workspace's events into
 Qt signals for the views, and runs long work (loading, tracing) on the `JobRunner`, handing each
-result to the workspace. Views read `controller.analysis` (the current `core.analysis.Analysis`) and
+result to the workspace. Views read `controller.analysis` (the current `core.session.analysis.Analysis`) and
 `controller.bundle` / `transcoders` / `feature_index`: the current graph's own resources (None where
 they are not loaded), or, without a graph, the ones a new trace would use.
 """
@@ -19,8 +19,9 @@ from PySide6.QtCore import QObject, Signal
 from ..core.session.analysis import Analysis
 from ..core.graph.attribution_graph import AttributionParams
 from ..core.interventions.steering import ResultChanged, RowsChanged, SteeringLoaded
-from ..core.session.workspace import (AnalysisChanged, BindingChanged, CurrentGraphChanged, GraphWillChange,
-                              ResourcesChanged, Workspace, index_ref, model_ref, transcoders_ref)
+from ..core.session.workspace import Workspace, index_ref, model_ref, transcoders_ref
+from ..core.session.workspace_events import (AnalysisChanged, BindingChanged, CurrentGraphChanged, GraphWillChange,
+                                             ResourcesChanged)
 from .jobs import JobError, JobHandle, JobRunner
 
 RESOURCES = Path(__file__).resolve().parents[3] / "resources"
@@ -190,7 +191,7 @@ class Controller(QObject):
     def load_transcoders(self, folder: str | Path, on_done=None, *, index: str | Path | None = None,
                          make_active: bool = True) -> JobHandle | None:
         """Load a transcoder folder for the active model, in the background, with the feature index built for
-        them (`index`, or one found next to them: `core.feature_index.find_feature_index`)."""
+        them (`index`, or one found next to them: `core.features.index.find_feature_index`)."""
         from ..core.features.index import find_feature_index
         from ..core.session.records import content_hash
         from ..core.transcoders.loading import check_transcoders_fit, describe_transcoders, load_transcoders
@@ -325,9 +326,9 @@ class Controller(QObject):
     def trace(self, prompt: str, params: AttributionParams | None = None, on_done=None, *, targets=None,
               title: str = "", chat: bool = False) -> JobHandle | None:
         """Trace `prompt` with the active model and transcoders; the graph joins the session, bound to them.
-        `targets`: the logit nodes (`core.targets`: token ids, token strings, `CustomTarget`, `LogitDiff`;
+        `targets`: the logit nodes (`core.attribution.targets`: token ids, token strings, `CustomTarget`, `LogitDiff`;
         None for the most probable logits), `title` the graph's title in the session; `chat`: as a user turn
-        under the tokenizer's chat template (`core.chat_template`)."""
+        under the tokenizer's chat template (`core.model.chat_template`)."""
         from ..core.attribution.attribute import attribute
 
         ws = self.workspace

@@ -1,6 +1,6 @@
 """The Heads pane: which attention heads carried an edge, and why the chosen head attended where it did.
 
-A view of `core.heads_state.HeadsState` (one per shown graph; its JSON is kept in the workspace's settings
+A view of `core.attribution.heads_state.HeadsState` (one per shown graph; its JSON is kept in the workspace's settings
 under "heads", keyed by graph id, so it is saved with the session). Choosing an edge (an input or output
 row of Node connections, or Graph ▸ Heads of selected edge) shows its split as a layer × head heat map
 (share of the edge per head; the bypass, what does not pass the layer's attention, in its own column) with

@@ -1,6 +1,6 @@
 """The intervention pane: steer or ablate features and supernodes, and see what changes.
 
-A view of the workspace's steering model (`core.steering.Steering`, whose docstring says what a row,
+A view of the workspace's steering model (`core.interventions.steering.Steering`, whose docstring says what a row,
 its multiple and its position mode mean): the rows (`intervention_rows.RowView`), the controls, the
 outputs (`intervention_plots.OutputsView`: next-token bars before and after, the strength sweep, the
 default and steered continuations) and a status line. User actions become calls on the model; the

@@ -1,5 +1,5 @@
 """The intervention pane's outputs: next-token bars before and after, the strength sweep, and the default
-and steered continuations. A view of the steering model's results (`core.steering.Steering.result`, or
+and steered continuations. A view of the steering model's results (`core.interventions.steering.Steering.result`, or
 the `SavedOutputs` of a session opened without its model); it computes nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The intervention pane's rows: one `RowView` per `core.steering.SteeringRow` (name, position mode, a slider
+"""The intervention pane's rows: one `RowView` per `core.interventions.steering.SteeringRow` (name, position mode, a slider
 from "ablate" (0) to the row's top, a box for the multiple or the activation with a toggle between the two,
 what it does, remove). A view: it shows the row it is given and turns the
 user's actions into signals; the pane calls the steering model with them."""

@@ -1,4 +1,4 @@
-"""The main window: prompt bar, graph canvas, panes as dock widgets, menus and status bar."""
+"""The main window: the prompt bar (`ui.prompt_bar`), graph canvas, panes as dock widgets, menus and status bar."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import json
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QBuffer, QEvent, QIODevice, QSettings, Qt
+from PySide6.QtCore import QEvent, QSettings, Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
-                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from ..core.errors import CircuitStudioError
-from ..core.progress import Progress
 from ..core.session.records import CanvasView
-from ..core.session.workspace import PromptChanged, SessionReplaced
+from ..core.session.workspace_events import SessionReplaced
 from .canvas.logit_targets import LogitTargetsMenu
 from .canvas.view import GraphCanvas
 from .controller import Controller
@@ -26,119 +24,12 @@ from .intervention_rows import ElidedLabel
 from .jobs import JobError
 from .model_dialog import ModelDialog
 from .node_connections import NodeConnectionsPane
+from .prompt_bar import PromptBar
 from .session_manager import SessionManager
 from .settings import string_list
 from .subgraph_pane import SubgraphPane
 
 MAX_RECENT = 8
-
-
-class PromptBar(QWidget):
-    """The prompt (editable, with the curated prompts in its list), Trace / Cancel and the job's progress."""
-
-    def __init__(self, controller: Controller, parent=None) -> None:
-        super().__init__(parent)
-        self.controller = controller
-        self.prompt = QComboBox()
-        self.prompt.setEditable(True)
-        self.prompt.setInsertPolicy(QComboBox.NoInsert)
-        self.prompt.lineEdit().setPlaceholderText("Type a prompt to trace, or pick one of the demo's")
-        self.prompt.lineEdit().returnPressed.connect(self.trace)
-        self.prompt.editTextChanged.connect(controller.workspace.set_prompt)  # the workspace keeps the text
-        controller.workspace.events.connect(self._prompt_changed, PromptChanged)
-        # instruct models: the tokenizer's own chat template, its tokens previewed before tracing
-        self.chat_box = QCheckBox("Chat template")
-        self.chat_box.setToolTip("Trace the prompt as a user turn under the tokenizer's chat template (instruct models)")
-        self.chat_preview = ElidedLabel("")
-        self.chat_preview.setContentsMargins(6, 0, 6, 2)
-        self.chat_preview.hide()
-        self.chat_box.toggled.connect(self.update_chat_preview)
-        self.prompt.editTextChanged.connect(self.update_chat_preview)
-        self.trace_button = QPushButton("Trace")
-        self.trace_button.setDefault(True)
-        self.trace_button.clicked.connect(self.trace)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(controller.cancel)
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
-        self.progress.setFormat("Idle")
-        self.progress.setValue(0)
-        self.progress.setMaximumWidth(260)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.setSpacing(0)
-        row = QHBoxLayout()
-        outer.addLayout(row)
-        outer.addWidget(self.chat_preview)
-        row.setContentsMargins(6, 6, 6, 2)
-        row.addWidget(QLabel("Prompt"))
-        row.addWidget(self.prompt, 1)
-        row.addWidget(self.chat_box)
-        row.addWidget(self.trace_button)
-        row.addWidget(self.cancel_button)
-        row.addWidget(self.progress)
-        jobs = controller.jobs
-        jobs.busy_changed.connect(self._busy)
-        jobs.started.connect(lambda name: self._show(Progress(name, 0, 0)))
-        jobs.progress.connect(lambda name, p: self._show(p))
-        jobs.finished.connect(lambda name, _: self._idle(f"{name}: done"))
-        jobs.failed.connect(lambda name, _: self._idle(f"{name}: failed"))
-        jobs.cancelled.connect(lambda name: self._idle(f"{name}: cancelled"))
-        controller.model_changed.connect(self.refresh_prompts)
-        controller.model_changed.connect(self.update_chat_preview)
-
-    def refresh_prompts(self) -> None:
-        text = self.prompt.currentText()
-        self.prompt.clear()
-        for p in self.controller.curated:
-            self.prompt.addItem(p.prompt, p)
-            self.prompt.setItemData(self.prompt.count() - 1, f"{p.behaviour}: expected {p.answer!r}",
-                                    Qt.ToolTipRole)
-        self.prompt.setEditText(text or (self.controller.curated[0].prompt if self.controller.curated else ""))
-
-    def _prompt_changed(self, event: PromptChanged) -> None:
-        if self.prompt.currentText() != event.text:
-            self.prompt.setEditText(event.text)
-
-    def trace(self) -> None:
-        self.controller.trace(self.prompt.currentText(), chat=self.chat_box.isChecked())
-
-    def update_chat_preview(self, *_) -> None:
-        """With "Chat template" on: the templated prompt's tokens (or the one line saying why there are none)."""
-        from ..core.model.chat_template import chat_prompt_tokens
-        from ..core.graph.display_text import token_label
-
-        if not self.chat_box.isChecked():
-            self.chat_preview.hide()
-            return
-        bundle = self.controller.workspace.resource(self.controller.workspace.active.model)
-        if bundle is None:
-            text = "Chat template: load a model to see the tokens it produces."
-        else:
-            try:
-                tokens = chat_prompt_tokens(bundle.tokenizer, self.prompt.currentText() or " x")
-                text = f"{len(tokens)} tokens: " + " · ".join(token_label(t) for t in tokens)
-            except CircuitStudioError as e:
-                text = str(e)
-        self.chat_preview.set_full_text(text)
-        self.chat_preview.setToolTip(text)
-        self.chat_preview.show()
-
-    def _busy(self, busy: bool) -> None:
-        self.cancel_button.setEnabled(busy)
-        # while the model or transcoders load (the demo at start), a prompt can be traced: it waits for them
-        self.trace_button.setEnabled(not busy or self.controller.resources_loading())
-
-    def _show(self, p: Progress) -> None:
-        self.progress.setMaximum(max(p.total, 0))
-        self.progress.setValue(p.done)
-        self.progress.setFormat(f"{p.phase} {p.done}/{p.total}" if p.total else p.phase)
-
-    def _idle(self, text: str) -> None:
-        self.progress.setMaximum(1)
-        self.progress.setValue(0)
-        self.progress.setFormat(text)
 
 
 class MainWindow(QMainWindow):
@@ -326,7 +217,7 @@ class MainWindow(QMainWindow):
     # failure (full disk, read-only folder) is shown in a dialog. -> whether the file was written.
     def import_json(self, path: str | None = None) -> int | None:
         """File ▸ Import graph JSON: a circuit-tracer / Neuronpedia `<slug>.json` joins the session as a
-        read-only graph with its pins, supernodes and clerps (`core.graph_import`). -> its graph id."""
+        read-only graph with its pins, supernodes and clerps (`core.graph.import_json`). -> its graph id."""
         from ..core.graph.import_json import load_graph_json
         from ..core.session.workspace import Binding
 
@@ -637,12 +528,3 @@ class MainWindow(QMainWindow):
         self.settings.setValue("windowState", self.saveState())
         self.controller.shutdown()
         super().closeEvent(event)
-
-
-def _png_bytes(widget: QWidget) -> bytes:
-    """The widget as it looks now, encoded as PNG in memory (QPixmap.save to a file hides why it failed)."""
-    buffer = QBuffer()
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    if not widget.grab().save(buffer, "PNG"):
-        raise CircuitStudioError("Could not encode the canvas as PNG.", "Try the SVG export instead.")
-    return bytes(buffer.data())

@@ -1,7 +1,7 @@
 """Sessions in the window: New / Open / Save / Save As, recent files, unsaved-changes prompts,
 autosave with crash recovery, and undo / redo.
 
-The session file is written from the workspace alone (`core.workspace.Workspace.to_session`) and
+The session file is written from the workspace alone (`core.session.workspace.Workspace.to_session`) and
 read back into it (`load_session`); nothing here reads a widget. The workspace's events say when the
 user changed something a session keeps (`modifies_session`): that, and only that, marks the session
 modified. Computed results arriving, the canvas view and the window layout are saved but do not.
@@ -26,7 +26,7 @@ from ..core.atomic_write import OutputError, write_text_atomic
 from ..core.session.records import SESSION_SUFFIX, FolderStatus, Session
 from ..core.session.store import (SessionError, SessionLockedError, load_session, remove_stale_files,
                                   save_session, save_session_as)
-from ..core.session.workspace import HistoryChanged
+from ..core.session.workspace_events import HistoryChanged
 from .jobs import JobError
 from .settings import string_list
 

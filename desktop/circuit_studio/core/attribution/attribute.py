@@ -11,7 +11,7 @@ Following "Circuit Tracing" (Ameisen et al., 2025) and circuit-tracer 0.5.0, spe
 2. Feature rows: each active feature's encoder row is pushed back from its read point, giving
    the effects on its pre-activation. With a `max_feature_nodes` budget the features are visited
    greedily by their influence on the logits, estimated from the rows gathered so far.
-3. The rows go into the graph's adjacency (`core.adjacency`): without a budget each batch's edges
+3. The rows go into the graph's adjacency (`core.graph.adjacency`): without a budget each batch's edges
    are written straight into blocks holding only the entries that can be non-zero; with a budget
    the frontier's rows are kept over every active feature (the influence estimate needs them) and
    the selected rows' blocks are gathered from them at the end.
@@ -261,7 +261,7 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
               params: AttributionParams = AttributionParams(), *, targets: TargetSpec = None,
               progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> AttributionGraph:
     """Compute the full attribution graph of `prompt` (see the module docstring). `targets`
-    chooses the logit nodes (`core.targets`): None for the salient logits, token ids, token
+    chooses the logit nodes (`core.attribution.targets`): None for the salient logits, token ids, token
     strings or CustomTarget directions."""
     for name, value in (("batch_size", params.batch_size), ("max_n_logits", params.max_n_logits),
                         ("update_interval", params.update_interval)):

@@ -35,7 +35,7 @@ answer needs:
   one batched product per layer; frozen norm gains and LayerNorm centring are folded into the
   weights, per-position scales into the edge vectors, and the residual additions into `addmm_`;
 * edge products are written straight into the blocks of the graph's adjacency (source-major
-  [columns, rows], `core.adjacency`).
+  [columns, rows], `core.graph.adjacency`).
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ class PackedBackward:
         self.fb, self.arch, self.tc, self.layout = fb, arch, tc, layout
         self.dtype, self.device = fb.dtype, fb.device
         dev, dt = fb.device, fb.dtype
-        L, d = arch.n_layers, arch.d_model
+        L = arch.n_layers
         self.max_row_positions = int(max_row_positions)
         post = [p.post_mlp_norm if (p.post_mlp_norm is not None and tc.feature_output_hook == "mlp.hook_out")
                 else None for p in arch.layers]

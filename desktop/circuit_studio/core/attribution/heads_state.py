@@ -1,7 +1,7 @@
 """What the window's Heads pane shows, as a Qt-free model: which edge was asked about, which head and which
 (query, key) cell were chosen, and the computed results as plain data (JSON-able, kept in the session).
 
-The computations (`compute_split`, `compute_pattern`, `compute_qk`) take a `core.head_attribution.HeadAnalysis`
+The computations (`compute_split`, `compute_pattern`, `compute_qk`) take a `core.attribution.heads.HeadAnalysis`
 and return the plain results; the pane runs them as background jobs and hands them back with `put_*`.
 
 * `EdgeSplitResult`: one edge source -> target split per head of each layer (`HeadAnalysis.split`'s column
@@ -15,7 +15,7 @@ The state is stored as one JSON dict (`to_json` / `from_json`): the window keeps
 settings under "heads", keyed by graph id (`Workspace.settings["heads"][str(graph_id)]`), so it is saved
 with the session and comes back with it.
 
-Events on `events` (a `core.events.EventHub`): `EdgeChanged`, `SplitChanged`, `HeadChanged`,
+Events on `events` (a `core.session.events.EventHub`): `EdgeChanged`, `SplitChanged`, `HeadChanged`,
 `PatternChanged`, `CellChanged`, `BreakdownChanged`, `HeadsReset`.
 """
 

@@ -1,7 +1,7 @@
 """Search a feature index by label and by the text of its top examples (no Qt).
 
 `FeatureSearch(index)` builds, on first use, a full-text index of every feature of a
-`core.feature_index.FeatureIndex`: per feature its label, the tokens its top examples peak on, and
+`core.features.index.FeatureIndex`: per feature its label, the tokens its top examples peak on, and
 the text of those examples. It is SQLite FTS5 when this Python's SQLite has it (ranked by BM25, the
 label weighted most), else a plain table searched with one prepared LIKE query per word (ranked by
 where the words match). Words match as prefixes, so it answers as the user types ("sacr" finds
@@ -277,7 +277,7 @@ class FeatureSearch:
 
 
 def _example_info(blob: bytes) -> np.ndarray:
-    """The `ex_info` array of a feature record (`core.feature_index.pack_arrays`), decompressing only as far
+    """The `ex_info` array of a feature record (`core.features.index.pack_arrays`), decompressing only as far
     as it goes (it is the record's first array)."""
     d = zlib.decompressobj()
     raw = d.decompress(blob, 4096)
@@ -331,7 +331,7 @@ def feature_activity(graph, layer: int, feature: int) -> tuple[np.ndarray, np.nd
 
 
 def graphs_with_feature(workspace, layer: int, feature: int) -> list[GraphActivity]:
-    """The session's graphs (`core.workspace.Workspace`) in which the feature is active, strongest first."""
+    """The session's graphs (`core.session.workspace.Workspace`) in which the feature is active, strongest first."""
     out = []
     for gid, entry in sorted(workspace.graphs.items()):
         g = entry.graph

@@ -10,7 +10,7 @@ Node order (rows and columns of `adjacency_matrix`), the contract every other mo
 
 `adjacency_matrix[t, s]` is the direct effect of source s on target t (rows = targets, columns =
 sources), as in circuit-tracer. Only feature and logit rows are non-zero; logit columns are zero.
-The graph holds it as `adjacency` (`core.adjacency.Adjacency`): attribution writes only the entries
+The graph holds it as `adjacency` (`core.graph.adjacency.Adjacency`): attribution writes only the entries
 that can be non-zero, in blocks; `adjacency_matrix` builds the dense [N, N] view on first use.
 
 Files: `save_graph` writes one `.npz` holding the arrays and a JSON header (no pickle), so a graph
@@ -66,7 +66,7 @@ class AttributionGraph:
 
     Shapes: P = n_pos (BOS included), L = n_layers, K = n_logits, N = n_nodes.
 
-    The matrix is held as `adjacency` (`core.adjacency.Adjacency`: blocks whose size follows the
+    The matrix is held as `adjacency` (`core.graph.adjacency.Adjacency`: blocks whose size follows the
     non-zeros, as attribution writes them, or a dense array). `adjacency_matrix` is the dense
     [N, N] view, built on first use and kept: fine for small graphs, tests and the window, but the
     big path (attribute -> prune -> export / .npz) never asks for it. Construct with either

@@ -12,7 +12,7 @@ between (where the prompts differ) are one *span* per graph, and a feature there
 sum; its node: the most influential one). The result is a ranked list of `DiffRow`s:
 
 * ``only_a`` / ``only_b``: a feature node of one graph whose key is not active in the other (ranked by
-  its node influence, `core.pruning.Pruner.node_influence`);
+  its node influence, `core.graph.pruning.Pruner.node_influence`);
 * ``changed``: a key that is a node in both, ranked by the change of its node influence (activations
   are given too);
 * ``logit``: a logit token of both graphs whose probability changed;
@@ -35,7 +35,8 @@ import numpy as np
 
 from .display_text import layer_name, token_label
 from .attribution_graph import AttributionGraph
-from .pruning import Pruner, normalize_matrix
+from .pruning import Pruner
+from .row_normalisation import normalize_matrix
 
 ONLY_A, ONLY_B, CHANGED, LOGIT, EDGE = "only_a", "only_b", "changed", "logit", "edge"
 MAX_EDGE_NODES = 400  # edges are compared among the most influential aligned nodes (a dense [M, M] block each)

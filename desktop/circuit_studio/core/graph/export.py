@@ -97,7 +97,7 @@ def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, no
     The analysis (empty in circuit-tracer's own output; see `analysis_options`): `pinned` node indices
     become `qParams.pinnedIds`, `supernodes` (name, member node indices) `qParams.supernodes` as
     `[name, id, id, ...]`, and `clerps` ((layer, feature) -> label) the feature nodes' `clerp`.
-    An imported graph (`core.graph_import`) keeps its file's `transcoder_list` unless one is given.
+    An imported graph (`core.graph.import_json`) keeps its file's `transcoder_list` unless one is given.
     """
     if result.node_mask.shape != (graph.n_nodes,):
         raise ValueError(f"The pruning result has {result.node_mask.shape[0]} nodes, the graph {graph.n_nodes}.")
@@ -144,7 +144,7 @@ def frontend_json(graph: AttributionGraph, result: PruneResult, *, slug: str, no
 
 
 def analysis_options(analysis) -> dict:
-    """`frontend_json` keyword arguments carrying an `core.analysis.Analysis`'s pins, supernodes and
+    """`frontend_json` keyword arguments carrying an `core.session.analysis.Analysis`'s pins, supernodes and
     (user-given) feature labels."""
     return {"pinned": list(analysis.pinned),
             "supernodes": [(s.name, s.members) for s in analysis.supernodes],

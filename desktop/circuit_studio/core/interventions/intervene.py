@@ -205,7 +205,7 @@ def generate(bundle: ModelBundle, tc: TranscoderSet, prompt: str | list[int] | t
 
 
 # ---------------------------------------------------------------------------------------------
-# steering runs: what the window's intervention pane computes (core.steering holds its state)
+# steering runs: what the window's intervention pane computes (core.interventions.steering holds its state)
 # ---------------------------------------------------------------------------------------------
 
 CHANGE_EPS = 1e-4  # relative activation changes smaller than this are left out of `activation_changes`
@@ -238,7 +238,7 @@ class ContinuationText:
 class InterventionUpdate:
     """One computed steering state. P positions, V vocabulary, L layers, F features.
 
-    `version` is the `core.steering.Steering.version` it was computed for. The first part (logits,
+    `version` is the `core.interventions.steering.Steering.version` it was computed for. The first part (logits,
     activation changes, top tokens) comes from `compute_update`; the continuation fields stay None
     until `compute_continuation` fills them (`continuation_pending`)."""
 

@@ -21,14 +21,14 @@ written from it (`record`):
 * `changes`: every feature node's relative activation change under the interventions (the canvas
   rings them).
 
-Its plain values (`Target`, `SteeringRow`, `SteeringState`, `SavedOutputs`) are in `core.steering_data`.
+Its plain values (`Target`, `SteeringRow`, `SteeringState`, `SavedOutputs`) are in `core.interventions.steering_data`.
 The computation is in `core.interventions` (`SteeringRun`, `compute_update`, `compute_continuation`,
 `sweep_probabilities`); whoever runs it (the window's scheduler, a script) reads `interventions()` and
 `version`, and hands the result back with `set_result`.
 
 Changes go through methods. Each bumps `version` and emits one of the events below on `events`
-(`core.events.EventHub`); undoable ones first call the before-change listeners with a description
-(`subscribe_before_change`), so that `core.history.History` can snapshot `state()`. Refusals raise
+(`core.session.events.EventHub`); undoable ones first call the before-change listeners with a description
+(`subscribe_before_change`), so that `core.session.history.History` can snapshot `state()`. Refusals raise
 `SteeringError` with a message for the user, before anything changes.
 """
 
@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar
+from typing import Callable
 
 import numpy as np
 
@@ -50,93 +50,14 @@ from ..graph.attribution_graph import NodeKind
 from .steering_data import (AFTER_COLOUR, BAR_COUNT, DEFAULT_TOKENS, DEFAULT_TOP, INDEX_HEADROOM,  # noqa: F401
                             MAX_MULTIPLE, MAX_TOKENS, MULTIPLE_MIN, NO_GRAPH, NO_MODEL, SLIDER_STEPS, STEPS,
                             SWEEP_POINTS, SavedOutputs, SteeringRow, SteeringState, SweepResult, Target,
-                            _same_rows, continuation_html, fmt, fmt_multiple, show_token)
+                            SteeringContext, SteeringSnapshot, _same_rows, continuation_html, fmt, fmt_multiple,
+                            show_token)
+from .steering_events import (ContextChanged, OptionsChanged, ResultChanged, RowChanged, RowsChanged,  # noqa: F401
+                              RowsRenamed, SteeringEvent, SteeringLoaded)
 
 
 class SteeringError(CircuitStudioError):
     """A steering action that cannot be done; the message says why and what to do instead."""
-
-
-@dataclass(frozen=True)
-class SteeringContext:
-    """What the steering of the current graph works with: the graph's analysis and the model, transcoders
-    and feature index it was traced with, when they are loaded. `unavailable` says why interventions
-    cannot run now ('' when they can); the rows can still be edited and saved results shown."""
-
-    graph_id: int | None = None
-    analysis: Analysis | None = None
-    bundle: Any = None
-    transcoders: Any = None
-    index: Any = None
-    unavailable: str = NO_GRAPH
-
-    @property
-    def first_position(self) -> int:
-        return int(self.bundle.n_zeroed_positions) if self.bundle is not None else 1
-
-
-@dataclass
-class SteeringSnapshot:
-    """Everything the steering of one graph holds, while another graph is current."""
-
-    state: SteeringState
-    result: Any = None
-    saved: SavedOutputs | None = None
-    saved_record: Any = None  # the InterventionRecord read from the file
-    record_id: int = 1
-    record_created: datetime | None = None
-
-
-# ---------------------------------------------------------------- events
-
-@dataclass(frozen=True)
-class SteeringEvent:
-    modifies_session: ClassVar[bool] = True  # the user changed something a session file keeps
-
-
-@dataclass(frozen=True)
-class RowsChanged(SteeringEvent):
-    """Rows were added, removed or replaced (undo, a graph switch)."""
-
-
-@dataclass(frozen=True)
-class RowChanged(SteeringEvent):
-    """Row `index`'s multiple or mode changed."""
-
-    index: int
-
-
-@dataclass(frozen=True)
-class OptionsChanged(SteeringEvent):
-    """Freeze attention or the continuation length changed."""
-
-
-@dataclass(frozen=True)
-class ResultChanged(SteeringEvent):
-    """`result`, `saved` or `changes` changed (a computation finished, or the rows went)."""
-
-    modifies_session: ClassVar[bool] = False
-
-
-@dataclass(frozen=True)
-class RowsRenamed(SteeringEvent):
-    """Rows were renamed to follow the analysis (a relabelled feature, a renamed supernode)."""
-
-    modifies_session: ClassVar[bool] = False
-
-
-@dataclass(frozen=True)
-class ContextChanged(SteeringEvent):
-    """The graph or the resources it can run with changed (a graph switch, transcoders loaded)."""
-
-    modifies_session: ClassVar[bool] = False
-
-
-@dataclass(frozen=True)
-class SteeringLoaded(SteeringEvent):
-    """The steering of another graph was put in place (`load`)."""
-
-    modifies_session: ClassVar[bool] = False
 
 
 # ---------------------------------------------------------------- the model

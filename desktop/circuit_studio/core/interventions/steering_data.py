@@ -1,13 +1,19 @@
 """The steering model's plain values (no Qt, no torch): what a row is, how undo and session files keep the
-rows (`SteeringState.to_json`), what a file kept of the last result (`SavedOutputs`), and how a
-continuation reads as HTML. `core.steering` holds the model that changes them."""
+rows (`SteeringState.to_json`), what a file kept of the last result (`SavedOutputs`), how a
+continuation reads as HTML, and what the steering of a graph works with (`SteeringContext`) and keeps
+while another graph is current (`SteeringSnapshot`). `core.interventions.steering` holds the model that changes them."""
 
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from ..graph.display_text import show_token as running_token, token_label
+
+if TYPE_CHECKING:
+    from ..session.analysis import Analysis
 
 MULTIPLE_MIN = 0.0  # the slider's left end: 0 ablates (negative multiples are typed, down to -top)
 DEFAULT_TOP = 10.0  # the top without a feature index
@@ -26,7 +32,7 @@ NO_MODEL = ("The model and transcoders of this graph are not loaded: open them (
 
 
 def show_token(tok: str) -> str:
-    """A token standing alone (a bar, a row name): `core.display_text.token_label`."""
+    """A token standing alone (a bar, a row name): `core.graph.display_text.token_label`."""
     return token_label(tok)
 
 
@@ -214,3 +220,33 @@ def continuation_html(text, other, highlight: bool) -> str:
         shown = running_token(word)
         parts.append(f"{' ' * (len(piece) - len(word))}<b{style}>{html.escape(shown)}</b>")
     return "".join(parts)
+
+
+@dataclass(frozen=True)
+class SteeringContext:
+    """What the steering of the current graph works with: the graph's analysis and the model, transcoders
+    and feature index it was traced with, when they are loaded. `unavailable` says why interventions
+    cannot run now ('' when they can); the rows can still be edited and saved results shown."""
+
+    graph_id: int | None = None
+    analysis: Analysis | None = None
+    bundle: Any = None
+    transcoders: Any = None
+    index: Any = None
+    unavailable: str = NO_GRAPH
+
+    @property
+    def first_position(self) -> int:
+        return int(self.bundle.n_zeroed_positions) if self.bundle is not None else 1
+
+
+@dataclass
+class SteeringSnapshot:
+    """Everything the steering of one graph holds, while another graph is current."""
+
+    state: SteeringState
+    result: Any = None
+    saved: SavedOutputs | None = None
+    saved_record: Any = None  # the InterventionRecord read from the file
+    record_id: int = 1
+    record_created: datetime | None = None

@@ -3,7 +3,7 @@
 `chat_prompt_ids` gives the token ids `tokenizer.apply_chat_template` produces for one user message with
 the generation prompt (what the model sees before it answers); tracing those ids traces the prompt as the
 instruct model is used. Gemma-3 `-it` models need prompts starting with `<bos><start_of_turn>user\\n`
-(`core.model_loading.tokenize_prompt` checks it): their template produces exactly that. A tokenizer
+(`core.model.loading.tokenize_prompt` checks it): their template produces exactly that. A tokenizer
 without a template raises `ChatTemplateError`, one line that says so.
 """
 

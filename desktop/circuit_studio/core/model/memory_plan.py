@@ -19,7 +19,7 @@ What is counted (bytes of the dtype each part is held in):
 * attribution: the active features' encoder and decoder rows, the clean forward pass (feature
   activations [L, P, F], residual reads/writes/errors, attention patterns [L, H, P, P], logits),
   one frozen-backward batch (batch size x P row-positions x d per buffer), and the graph itself. The adjacency is
-  held in blocks of the entries that can be non-zero (`core.adjacency`): a feature row at (layer l,
+  held in blocks of the entries that can be non-zero (`core.graph.adjacency`): a feature row at (layer l,
   position p) has one per feature and error of layers < l at positions <= p and per token at
   positions <= p (`allowed_entries`), a logit row one per source. With a feature budget the rows
   are first gathered over every active feature ([K + budget, n_cols + K], the frontier's matrix).

@@ -15,15 +15,15 @@ What it holds:
   (`Live.missing`);
 * **the current graph**: its live `Analysis` (pins, supernodes, labels, thresholds, selection),
   its canvas view (`set_view`, reported by the canvas as it changes), and `steering`
-  (`core.steering.Steering`, the interventions on it) whose context follows the graph's resources.
+  (`core.interventions.steering.Steering`, the interventions on it) whose context follows the graph's resources.
   Other graphs keep their state in their entry (`GraphEntry.record`, `GraphEntry.steering`);
 * **labels**, keyed by transcoder identity (`labels[identity][(layer, feature)]`): a label names a
   feature of one transcoder set, in every graph traced with that set and in no other;
 * `window_state` (an opaque blob the window updates on change), `prompt`, `notes`, `settings`;
-* `history`: undo / redo (`core.history.History`) of the current graph's analysis and steering.
+* `history`: undo / redo (`core.session.history.History`) of the current graph's analysis and steering.
 
-Events (frozen dataclasses on `events`, a `core.events.EventHub`; the steering's events are forwarded
-there too). `modifies_session` says whether the user changed something a session file keeps (the
+Events (frozen dataclasses of `workspace_events` on `events`, a `core.session.events.EventHub`; the steering's
+events are forwarded there too). `modifies_session` says whether the user changed something a session file keeps (the
 window's "unsaved changes" flag follows it; computed results, views and layouts do not set it).
 """
 
@@ -34,12 +34,13 @@ import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from .analysis import Analysis, Aspect
 from .events import EventHub
 from ..graph.attribution_graph import AttributionGraph
 from .history import History
+from .workspace_events import (AnalysisChanged, BindingChanged, CurrentGraphChanged, GraphAdded, GraphWillChange, HistoryChanged, PromptChanged, ResourcesChanged, SessionReplaced, ViewChanged, WindowStateChanged)
 from .records import (HASH_SCHEME, CanvasView, FeatureIndexRef, GraphRecord, ModelRef, Session, TranscoderRef,
                       content_hash, summary_to_dict, utc_now)
 from ..interventions.steering import NO_MODEL, Steering, SteeringContext, SteeringSnapshot
@@ -204,84 +205,6 @@ class GraphDescription:
         when = self.created.astimezone().strftime("%H:%M")
         title = self.title if len(self.title) <= 60 else self.title[:59] + "…"
         return f"{title} — {self.transcoders or 'unknown transcoders'} · {when}"
-
-
-# ---------------------------------------------------------------------------------------------
-# events
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WorkspaceEvent:
-    modifies_session: ClassVar[bool] = False
-
-
-@dataclass(frozen=True)
-class ResourcesChanged(WorkspaceEvent):
-    """Something was loaded, or `active` changed."""
-
-
-@dataclass(frozen=True)
-class GraphAdded(WorkspaceEvent):
-    graph_id: int
-    modifies_session: ClassVar[bool] = True
-
-
-@dataclass(frozen=True)
-class GraphWillChange(WorkspaceEvent):
-    """The current graph is about to be replaced (or left for none)."""
-
-    graph_id: int | None
-
-
-@dataclass(frozen=True)
-class CurrentGraphChanged(WorkspaceEvent):
-    graph_id: int | None
-    modifies_session: ClassVar[bool] = True
-
-
-@dataclass(frozen=True)
-class BindingChanged(WorkspaceEvent):
-    """The current graph's loaded resources changed (its transcoders or index were loaded, or rebound)."""
-
-    graph_id: int
-
-
-@dataclass(frozen=True)
-class AnalysisChanged(WorkspaceEvent):
-    """An aspect of the current analysis changed; `by_user` False for automatic labels refreshed."""
-
-    graph_id: int
-    aspect: Aspect
-    by_user: bool = True
-
-    @property
-    def modifies_session(self) -> bool:  # type: ignore[override]
-        return self.by_user
-
-
-@dataclass(frozen=True)
-class ViewChanged(WorkspaceEvent):
-    graph_id: int
-
-
-@dataclass(frozen=True)
-class WindowStateChanged(WorkspaceEvent):
-    pass
-
-
-@dataclass(frozen=True)
-class PromptChanged(WorkspaceEvent):
-    text: str
-
-
-@dataclass(frozen=True)
-class SessionReplaced(WorkspaceEvent):
-    """A session was loaded (or a new one started): graphs, labels and the window state are its."""
-
-
-@dataclass(frozen=True)
-class HistoryChanged(WorkspaceEvent):
-    """Undo / redo names changed."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Training JumpReLU transcoders (per-layer, or cross-layer) for a local model on token windows.
 
 A transcoder for layer l learns to map what the layer's MLP reads (`feature_input_hook`) to what
-it writes (`feature_output_hook`) through a wide, sparse layer of features (spec §1.2):
-
-    pre = x @ W_enc.T + b_enc ;  act = pre * (pre > threshold) ;  y = act @ W_dec + b_dec
+it writes (`feature_output_hook`) through a wide, sparse layer of features (spec §1.2; the trainable
+module and its threshold gradients are in `jumprelu`, the activation buffer in `activation_buffer`,
+the held-out measurements in `evaluation`, the report types in `training_report`).
 
 Steps of `train_transcoders`:
 
@@ -12,10 +12,10 @@ Steps of `train_transcoders`:
    vocabulary, length within the context), and an optional starting set against the model.
 2. Windows are split (seeded) into held-out windows, for the report only, and training windows.
 3. Activations: `collect_activations` over chunks of training windows fills an in-memory buffer
-   [layers, tokens, d] of reads and writes, skipping the BOS position(s) (spec §1.3: no features
-   there). Its size is `buffer_tokens`, capped by `max_buffer_bytes`; per-layer transcoders are
-   trained in groups of layers when one buffer of all layers would not fit. Training draws
-   batches from shuffled passes over the buffer.
+   [layers, tokens, d] of reads and writes, skipping the BOS position(s) (`activation_buffer`).
+   Its size is `buffer_tokens`, capped by `max_buffer_bytes`; per-layer transcoders are trained
+   in groups of layers when one buffer of all layers would not fit. Training draws batches from
+   shuffled passes over the buffer.
 4. Normalisation: per layer, inputs are centred and divided by one scalar (unit variance per
    dimension on average). Targets are centred and mapped by y_n = (y - mean) @ P, where P scales
    each principal direction of the targets (variance v) by v^(-w/2), then all by one factor so the
@@ -24,32 +24,24 @@ Steps of `train_transcoders`:
    in a few directions (on the demo model, 4 of 128 principal directions hold 89 %), while what the
    next layers need is spread over the rest; weighting them up recovers more of the loss at the
    same FVU (see the demo findings: FVU alone misleads). Both maps are linear and are folded back
-   into the saved weights (`JumpReLUTranscoder.folded`): the saved set works on raw reads exactly
-   as circuit-tracer applies it, with the same pre-activations and thresholds.
+   into the saved weights (`jumprelu.JumpReLUTranscoder.folded`).
 5. Objective (Rajamanoharan et al. 2024, "Jumping Ahead: improving reconstruction fidelity with
    JumpReLU sparse autoencoders"): MSE(normalised) / d_model + lambda * L0, where L0 counts active
-   features per token. The step function in JumpReLU and L0 has no useful gradient with respect to
-   the threshold, so both use straight-through estimators with a rectangle kernel of bandwidth eps:
-       d act / d theta := -(theta / eps) * 1[|pre - theta| < eps / 2]
-       d L0  / d theta := -(1 / eps)     * 1[|pre - theta| < eps / 2]
-   while the gradient with respect to `pre` is the true one (1[pre > theta] for act, 0 for L0).
-   Thresholds are learnt as log(theta), so they stay positive. Adam; lambda rises linearly from 0
+   features per token, with straight-through estimators of bandwidth eps for the threshold
+   gradients (`jumprelu`); thresholds are learnt as log(theta). Adam; lambda rises linearly from 0
    over the first tenth of the steps; the learning rate warms up over the first 2 % of the steps
    and decays linearly (to 5 %) over the last fifth. Optionally (`skip=True`, PLT only) a dense
    linear skip path x @ W_skip.T is trained beside the features (circuit-tracer's `W_skip`).
-6. Initialisation: decoder rows are random unit directions, encoder rows the same directions
-   (encoder = decoder transpose), b_enc = 0, b_dec = 0 in normalised space (= the mean output after
-   folding), and each threshold is set from the data so that every feature starts active on
+6. Initialisation: random unit directions, encoder = decoder transpose (`jumprelu`); each
+   threshold is then set from the data so that every feature starts active on
    ~`INIT_L0 / width` of the tokens: no feature starts dead.
 7. Dead features: a feature that has not fired for `resample_every` steps (until 70 % of training)
    is resampled: its encoder points at a training input the transcoder reconstructs badly (drawn
    with probability proportional to the squared error), its threshold is half its pre-activation
    there, its decoder points along that error, and its optimiser state is reset. The report counts
    features that fired neither in the last quarter of training nor on the held-out tokens.
-8. Report per layer (`evaluate_transcoders`, on the held-out windows, with the folded set as
-   saved): FVU, L0, dead features, and the fraction of the zero-ablation loss gap recovered when
-   the transcoder replaces that layer's MLP at its write point (BOS positions keep their true
-   value in both runs, as in attribution).
+8. Report per layer (`evaluation.evaluate_transcoders`, on the held-out windows, with the folded
+   set as saved): FVU, L0, dead features, and loss recovered.
 
 Cross-layer transcoders (`kind="clt"`): one encoder per layer; a feature read at layer l writes to
 every layer l' >= l. All layers are trained together on the mean normalised MSE over layers plus
@@ -67,31 +59,27 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
-from torch import nn
 
-from ..model.activations import collect_activations
 from ..errors import CircuitStudioError
 from ..model.families import DEFAULT_HOOKS, READ_HOOKS, WRITE_HOOKS
 from ..model.loading import ModelBundle
 from ..progress import CancelToken, ProgressFn, check, report
-from ..model.replacement import read_point_value, removing_hooks
+from .activation_buffer import CHUNK_TOKENS, collect_reads_writes
+from .evaluation import _evaluate
+from .jumprelu import JumpReLUTranscoder
 from .loading import check_transcoders_fit
+from .training_report import LayerReport, TrainingError, TrainingReport
 from .transcoder_set import TranscoderSet
 
 INIT_L0 = 128  # active features per token at initialisation (thresholds are set from data)
 THRESHOLD_LR_SCALE = 1.0  # learning rate of log(threshold) relative to the other parameters
-_CHUNK_TOKENS = 8192  # tokens per forward pass when collecting activations
 # Below this many elements per [batch, features] tensor a training step is a few milliseconds of
 # small ops, which intra-op threads only slow down (badly so on a busy machine): use one thread.
 _SMALL_STEP = 1 << 20
-
-
-class TrainingError(CircuitStudioError):
-    """Transcoder training cannot start: bad settings, or data/transcoders that do not fit the model."""
 
 
 def default_hooks_for(family: str) -> tuple[str, str]:
@@ -101,240 +89,6 @@ def default_hooks_for(family: str) -> tuple[str, str]:
     except KeyError:
         raise TrainingError(f"No default transcoder hooks for model family {family!r}.",
                             "Give feature_input_hook and feature_output_hook explicitly.") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    """Held-out quality of one layer's transcoder (for a CLT: of the reconstruction of layer
-    `layer`'s output; L0 and dead features are those of the features read at `layer`)."""
-
-    layer: int
-    fvu: float  # fraction of variance unexplained of the write tensor
-    l0: float  # active features per token
-    dead_fraction: float
-    dead_count: int
-    loss_recovered: float | None  # (loss zero-ablated - loss substituted) / (loss zero-ablated - loss clean)
-    loss_clean: float | None = None
-    loss_zero_ablated: float | None = None
-    loss_substituted: float | None = None
-    curve: tuple[tuple[int, float, float], ...] = ()  # (step, training-batch FVU, L0) during training
-    resampled: int = 0  # dead features re-initialised during training
-
-
-@dataclass(frozen=True)
-class TrainingReport:
-    """What `train_transcoders` did and how good the result is, per layer."""
-
-    model: str
-    kind: str
-    width: int
-    feature_input_hook: str
-    feature_output_hook: str
-    steps: int
-    batch_tokens: int
-    buffer_tokens: int  # distinct training tokens held in the activation buffer
-    heldout_tokens: int
-    seconds: float
-    layers: tuple[LayerReport, ...]
-    settings: dict = field(default_factory=dict)
-
-    def to_markdown(self) -> str:
-        lines = [f"# Transcoder training report: {self.model}", "",
-                 f"{self.kind.upper()}, {self.width} features per layer, "
-                 f"`{self.feature_input_hook}` -> `{self.feature_output_hook}`; {self.steps} steps of "
-                 f"{self.batch_tokens} tokens from a buffer of {self.buffer_tokens} tokens; "
-                 f"measured on {self.heldout_tokens} held-out tokens; {self.seconds:.0f} s.", "",
-                 "| layer | FVU | L0 | dead | loss recovered | loss clean / zero-ablated / substituted |",
-                 "|---|---|---|---|---|---|"]
-
-        def num(v: float | None, fmt: str) -> str:
-            return "n/a" if v is None else format(v, fmt)
-
-        for r in self.layers:
-            losses = "n/a" if r.loss_clean is None else \
-                f"{r.loss_clean:.4f} / {r.loss_zero_ablated:.4f} / {r.loss_substituted:.4f}"
-            lines.append(f"| {r.layer} | {r.fvu:.4f} | {r.l0:.1f} | {r.dead_count} ({100 * r.dead_fraction:.1f}%; "
-                         f"{r.resampled} resampled) "
-                         f"| {num(r.loss_recovered, '.3f')} | {losses} |")
-        if self.settings:
-            lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in self.settings.items())]
-        return "\n".join(lines) + "\n"
-
-    def summary_lines(self) -> list[str]:
-        return [f"layer {r.layer}: FVU {r.fvu:.4f}, L0 {r.l0:.1f}, dead {r.dead_count}/{self.width}, "
-                f"loss recovered {'n/a' if r.loss_recovered is None else format(r.loss_recovered, '.3f')}"
-                for r in self.layers]
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainable transcoder (normalised space)
-
-
-class _JumpReLUEncoder(torch.autograd.Function):
-    """Encoder and JumpReLU in one step, with the rectangle-kernel threshold gradients.
-
-    Inputs xn [L, B, d], W_enc [L, F, d], b_enc [L, F], log_threshold [L, F]. Returns act [L, B, F],
-    L0 per token [L, B] and which features fired in the batch [L, F] (no gradient). Fused so that
-    only boolean/float masks, not the pre-activations, are kept for the backward pass.
-    """
-
-    @staticmethod
-    def forward(ctx, xn, w_enc, b_enc, log_threshold, eps: float):
-        theta = log_threshold.exp()[:, None]  # [L, 1, F]
-        pre = torch.baddbmm(b_enc[:, None], xn, w_enc.transpose(1, 2))  # [L, B, F]
-        on = pre > theta
-        near = (pre - theta).abs_().lt_(eps / 2)  # rectangle kernel K((pre - theta) / eps), as 0./1.
-        act = pre.mul_(on)
-        ctx.save_for_backward(xn, on, near, theta)
-        ctx.eps = eps
-        fired = on.any(1)
-        ctx.mark_non_differentiable(fired)
-        return act, on.sum(-1, dtype=xn.dtype), fired
-
-    @staticmethod
-    def backward(ctx, g_act, g_l0, _g_fired):
-        xn, on, near, theta = ctx.saved_tensors
-        eps = ctx.eps
-        g_pre = g_act * on  # true derivative of pre * 1[pre > theta] with respect to pre
-        # d act/d theta := -(theta/eps) K ; d L0/d theta := -(1/eps) K
-        g_theta = -(theta[:, 0] * (g_act * near).sum(1)) / eps
-        if g_l0 is not None:
-            g_theta = g_theta - torch.bmm(g_l0[:, None], near)[:, 0] / eps
-        g_w = torch.bmm(g_pre.transpose(1, 2), xn)
-        g_b = g_pre.sum(1)
-        return None, g_w, g_b, g_theta * theta[:, 0], None
-
-
-class JumpReLUTranscoder(nn.Module):
-    """L transcoders in normalised space, with the statistics that fold them back to raw tensors.
-
-    x_n = (x - mu_x) / sigma_x ; pre = x_n @ W_enc.T + b_enc ; y_n = act @ W_dec + b_dec ;
-    y = y_n @ y_unproj + mu_y, where the training targets were y_n = (y - mu_y) @ y_proj
-    (y_unproj = y_proj^-1; see `_target_transform`). Shapes: W_enc [L, F, d], b_enc/log_threshold
-    [L, F], b_dec [L, d], y_proj/y_unproj [L, d, d]; W_dec [L, F, d] (PLT) or, for a CLT,
-    W_dec_l [F, L - l, d] per source layer l.
-    """
-
-    def __init__(self, kind: str, n_layers: int, width: int, d: int, *, mu_x: torch.Tensor,
-                 sigma_x: torch.Tensor, mu_y: torch.Tensor, y_proj: torch.Tensor, y_unproj: torch.Tensor,
-                 skip: bool = False, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        L, F = n_layers, width
-        self.kind = kind
-        self.register_buffer("mu_x", mu_x.float().clone())  # [L, d]
-        self.register_buffer("sigma_x", sigma_x.float().clone())  # [L]
-        self.register_buffer("mu_y", mu_y.float().clone())  # [L, d]
-        self.register_buffer("y_proj", y_proj.float().clone())  # [L, d, d]
-        self.register_buffer("y_unproj", y_unproj.float().clone())  # [L, d, d]
-        dev = mu_x.device
-        dirs = torch.randn(L, F, d, generator=generator).to(dev)
-        dirs /= dirs.norm(dim=-1, keepdim=True)
-        self.W_enc = nn.Parameter(dirs.clone())
-        self.b_enc = nn.Parameter(torch.zeros(L, F, device=dev))
-        self.log_threshold = nn.Parameter(torch.full((L, F), math.log(0.1), device=dev))
-        self.b_dec = nn.Parameter(torch.zeros(L, d, device=dev))
-        if kind == "plt":
-            self.W_dec = nn.Parameter(dirs.clone())
-        else:
-            self.W_dec = nn.ParameterList(
-                [nn.Parameter(torch.cat([dirs[l, :, None], torch.zeros(F, L - l - 1, d, device=dev)], 1)
-                              / (L - l)) for l in range(L)])
-        if skip and kind != "plt":
-            raise ValueError("skip connections exist only for per-layer transcoders")
-        # y_n += x_n @ W_skip.T: a dense linear path beside the features (circuit-tracer's W_skip)
-        self.W_skip = nn.Parameter(torch.zeros(L, d, d, device=dev)) if skip else None
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.W_enc.shape[0])
-
-    @torch.no_grad()
-    def normalise_(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 65536) -> None:
-        """Raw reads and writes [L, N, d] -> normalised, in place (in chunks of tokens)."""
-        x.sub_(self.mu_x[:, None]).div_(self.sigma_x[:, None, None])
-        for i in range(0, y.shape[1], chunk):
-            part = y[:, i:i + chunk]
-            part.copy_(torch.bmm(part - self.mu_y[:, None], self.y_proj))
-
-    def unnormalise_y(self, y_n: torch.Tensor) -> torch.Tensor:
-        """Normalised targets or reconstructions [L, B, d] -> raw."""
-        return torch.baddbmm(self.mu_y[:, None], y_n, self.y_unproj)
-
-    def pre(self, xn: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.b_enc[:, None], xn, self.W_enc.transpose(1, 2))  # [L, B, F]
-
-    def decode(self, act: torch.Tensor) -> torch.Tensor:
-        """act [L, B, F] -> normalised reconstructions [L, B, d]."""
-        if self.kind == "plt":
-            return torch.baddbmm(self.b_dec[:, None], act, self.W_dec)
-        L = self.n_layers
-        outs = [self.b_dec[l].expand(act.shape[1], -1) for l in range(L)]
-        for src in range(L):
-            w = self.W_dec[src]  # [F, L - src, d]
-            contrib = (act[src] @ w.reshape(w.shape[0], -1)).reshape(act.shape[1], L - src, -1)
-            for j in range(L - src):
-                outs[src + j] = outs[src + j] + contrib[:, j]
-        return torch.stack(outs)
-
-    def forward(self, xn: torch.Tensor, eps: float):
-        """Normalised inputs [L, B, d] -> (reconstruction [L, B, d], L0 per token [L, B],
-        features that fired in the batch [L, F])."""
-        act, l0, fired = _JumpReLUEncoder.apply(xn, self.W_enc, self.b_enc, self.log_threshold, eps)
-        y = self.decode(act)
-        if self.W_skip is not None:
-            y = y + torch.bmm(xn, self.W_skip.transpose(1, 2))
-        return y, l0, fired
-
-    @torch.no_grad()
-    def reconstruct_raw(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw reads [L, B, d] -> raw reconstructions [L, B, d] (the trained model, unfolded)."""
-        xn = (x - self.mu_x[:, None]) / self.sigma_x[:, None, None]
-        y_n, _, _ = self(xn, 1e-3)
-        return self.unnormalise_y(y_n)
-
-    @torch.no_grad()
-    def folded(self, feature_input_hook: str, feature_output_hook: str, scan: str = "") -> TranscoderSet:
-        """The TranscoderSet that computes the same function on raw tensors (spec §1.2 maths)."""
-        w_enc = self.W_enc / self.sigma_x[:, None, None]  # pre = x @ w_enc.T + b_enc
-        b_enc = self.b_enc - torch.einsum("lfd,ld->lf", w_enc, self.mu_x)
-        b_dec = self.unnormalise_y(self.b_dec[:, None])[:, 0]
-        un = self.y_unproj
-        w_skip = None
-        if self.W_skip is not None:  # raw term x @ w_skip.T = ((x - mu_x) / sigma_x) @ W_skip.T @ y_unproj
-            w_skip = (un.transpose(1, 2) @ self.W_skip) / self.sigma_x[:, None, None]
-            b_dec = b_dec - torch.einsum("ld,led->le", self.mu_x, w_skip)
-        if self.kind == "plt":
-            w_dec = tuple((self.W_dec[l] @ un[l]).contiguous() for l in range(self.n_layers))
-        else:  # slot j of source layer l writes to layer l + j
-            w_dec = tuple(torch.einsum("fjd,jde->fje", w, un[l:]).contiguous() for l, w in enumerate(self.W_dec))
-        return TranscoderSet(self.kind, feature_input_hook, feature_output_hook, w_enc.contiguous(),
-                             b_enc.contiguous(), self.log_threshold.exp().contiguous(), w_dec,
-                             b_dec.contiguous(), None if w_skip is None else w_skip.contiguous(), scan)
-
-    @torch.no_grad()
-    def load_folded(self, tc: TranscoderSet, layers: list[int]) -> None:
-        """Start from an existing set's `layers` (the inverse of `folded`)."""
-        w_enc = torch.stack([tc.w_enc[l] for l in layers]).to(self.W_enc)
-        self.W_enc.copy_(w_enc * self.sigma_x[:, None, None])
-        self.b_enc.copy_(tc.b_enc[layers].to(self.b_enc) + torch.einsum("lfd,ld->lf", w_enc, self.mu_x))
-        thr = tc.threshold[layers] if tc.threshold is not None else torch.full_like(tc.b_enc[layers], 1e-4)
-        self.log_threshold.copy_(thr.to(self.b_enc).clamp(min=1e-6).log())
-        b_dec = tc.b_dec[layers].to(self.b_dec)
-        if self.W_skip is not None:
-            w_skip = (torch.stack([tc.w_skip[l] for l in layers]) if tc.w_skip is not None else torch.zeros_like(self.W_skip)).to(self.W_skip)
-            self.W_skip.copy_(self.y_proj.transpose(1, 2) @ w_skip * self.sigma_x[:, None, None])
-            b_dec = b_dec + torch.einsum("ld,led->le", self.mu_x, w_skip)
-        self.b_dec.copy_(torch.bmm((b_dec - self.mu_y)[:, None], self.y_proj)[:, 0])
-        pr = self.y_proj
-        if self.kind == "plt":
-            self.W_dec.copy_(torch.bmm(torch.stack([tc.w_dec[l] for l in layers]).to(self.W_enc), pr))
-        else:
-            for l, w in enumerate(self.W_dec):
-                w.copy_(torch.einsum("fjd,jde->fje", tc.w_dec[l].to(w), pr[l:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,37 +155,7 @@ def _check_settings(bundle: ModelBundle, windows: torch.Tensor, width: int, kind
 
 
 # ---------------------------------------------------------------------------------------------
-# Activations
-
-
-def _collect(bundle: ModelBundle, windows: torch.Tensor, layers: list[int], hooks: tuple[str, str],
-             n_tokens: int, phase: str, progress: ProgressFn | None, cancel: CancelToken | None,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reads and writes [len(layers), n, d] (float32) of the first windows, BOS positions skipped."""
-    z = bundle.n_zeroed_positions
-    per_window = windows.shape[1] - z
-    n_win = min(windows.shape[0], math.ceil(n_tokens / per_window))
-    n = min(n_tokens, n_win * per_window)
-    d = bundle.arch.d_model
-    reads = torch.empty(len(layers), n, d, device=device)
-    writes = torch.empty(len(layers), n, d, device=device)
-    chunk = max(1, _CHUNK_TOKENS // windows.shape[1])
-    n_chunks = math.ceil(n_win / chunk)
-    filled = 0
-    for c in range(n_chunks):
-        check(cancel)
-        report(progress, phase, c, n_chunks)
-        ids = windows[c * chunk:(c + 1) * chunk]
-        acts = collect_activations(bundle, ids, feature_input_hook=hooks[0], feature_output_hook=hooks[1],
-                                   layers=layers)
-        r = acts.reads[:, :, z:].reshape(len(layers), -1, d)
-        w = acts.writes[:, :, z:].reshape(len(layers), -1, d)
-        take = min(r.shape[1], n - filled)
-        reads[:, filled:filled + take] = r[:, :take].float()
-        writes[:, filled:filled + take] = w[:, :take].float()
-        filled += take
-    report(progress, phase, n_chunks, n_chunks)
-    return reads, writes
+# Normalisation
 
 
 def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -626,143 +350,6 @@ def _threads_for(elements: int) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def _ce_loss(logits: torch.Tensor, ids: torch.Tensor, z: int) -> tuple[float, int]:
-    """Summed next-token loss from positions z.. and the number of predictions."""
-    lg = logits[:, z:-1].float()
-    tgt = ids[:, z + 1:].to(lg.device)
-    loss = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="sum")
-    return float(loss), tgt.numel()
-
-
-@torch.no_grad()
-def _mean_loss(bundle: ModelBundle, windows: torch.Tensor, hooks: Callable[[], list]) -> float:
-    """Mean next-token loss on `windows` [N, T], each chunk run with the hook handles `hooks()` installs."""
-    z = bundle.n_zeroed_positions
-    total, count = 0.0, 0
-    chunk = max(1, _CHUNK_TOKENS // windows.shape[1])
-    for c in range(0, windows.shape[0], chunk):
-        ids = windows[c:c + chunk].to(bundle.device)
-        with removing_hooks(hooks()):
-            logits = bundle.model(ids).logits
-        s, k = _ce_loss(logits, ids, z)
-        total, count = total + s, count + k
-    return total / max(1, count)
-
-
-def _losses(bundle: ModelBundle, tc: TranscoderSet, windows: torch.Tensor, layer: int | None, mode: str) -> float:
-    """Mean next-token loss on `windows` with `layer`'s write point clean, zeroed or substituted by the
-    per-layer transcoder's reconstruction."""
-    arch, z = bundle.arch, bundle.n_zeroed_positions
-    if layer is None:
-        return _mean_loss(bundle, windows, list)
-    norm = arch.layers[layer].mlp_norm
-    stash: dict[str, torch.Tensor] = {}
-
-    def read_hook(mod, args, out):
-        x = args[0]
-        stash["x"] = read_point_value(norm, tc.feature_input_hook, x, out, norm.scale(x).to(x.device))
-
-    def write_hook(mod, args, out):
-        new = out.clone()
-        if mode == "zero":
-            new[:, z:] = 0
-        else:
-            x = stash["x"][:, z:].float()
-            y = tc.encode(layer, x) @ tc.w_dec[layer] + tc.b_dec[layer]
-            if tc.w_skip is not None:
-                y = y + tc.skip(layer, x)
-            new[:, z:] = y.to(out.dtype)
-        return new
-
-    return _mean_loss(bundle, windows, lambda: [
-        norm.module.register_forward_hook(read_hook),
-        arch.write_module(layer, tc.feature_output_hook).register_forward_hook(write_hook)])
-
-
-def _clt_substituted_loss(bundle: ModelBundle, tc: TranscoderSet, windows: torch.Tensor, layer: int) -> float:
-    """Loss with layer `layer`'s MLP output replaced by the CLT's reconstruction of it (features
-    read at layers <= layer, from the clean reads of this run)."""
-    arch, z = bundle.arch, bundle.n_zeroed_positions
-    reads: dict[int, torch.Tensor] = {}
-
-    def read_hook_for(src: int):
-        norm = arch.layers[src].mlp_norm
-
-        def read_hook(mod, args, out):
-            x = args[0]
-            reads[src] = read_point_value(norm, tc.feature_input_hook, x, out, norm.scale(x).to(x.device))[:, z:].float()
-        return norm.module.register_forward_hook(read_hook)
-
-    def write_hook(mod, args, out):
-        y = tc.b_dec[layer].expand_as(reads[layer]).clone()
-        for src in range(layer + 1):
-            y = y + tc.encode(src, reads[src]) @ tc.w_dec[src][:, layer - src]
-        new = out.clone()
-        new[:, z:] = y.to(out.dtype)
-        return new
-
-    return _mean_loss(bundle, windows, lambda: [
-        *(read_hook_for(src) for src in range(layer + 1)),
-        arch.write_module(layer, tc.feature_output_hook).register_forward_hook(write_hook)])
-
-
-@torch.no_grad()
-def evaluate_transcoders(bundle: ModelBundle, tc: TranscoderSet, windows: torch.Tensor, *,
-                         measure_loss: bool = True, max_tokens: int = 32768,
-                         progress: ProgressFn | None = None,
-                         cancel: CancelToken | None = None) -> tuple[LayerReport, ...]:
-    """FVU, L0, never-firing features and loss recovered of `tc` on `windows` [N, T] (raw tensors,
-    the set's own maths; BOS positions skipped; at most `max_tokens` tokens). Dead features here =
-    features that never fire on these tokens. Raises TrainingError when the set does not fit."""
-    return _evaluate(bundle, tc, windows, measure_loss=measure_loss, max_tokens=max_tokens,
-                     progress=progress, cancel=cancel)[0]
-
-
-def _evaluate(bundle: ModelBundle, tc: TranscoderSet, windows: torch.Tensor, *, measure_loss: bool,
-              max_tokens: int, progress: ProgressFn | None,
-              cancel: CancelToken | None) -> tuple[tuple[LayerReport, ...], torch.Tensor]:
-    """`evaluate_transcoders`, plus which features fired [L, F]."""
-    try:
-        check_transcoders_fit(tc, n_layers=bundle.arch.n_layers, d_model=bundle.arch.d_model,
-                              model_name=bundle.name)
-    except CircuitStudioError as e:
-        raise TrainingError(e.message, e.hint) from e
-    L, F = tc.n_layers, tc.n_features
-    hooks = (tc.feature_input_hook, tc.feature_output_hook)
-    reads, writes = _collect(bundle, windows, list(range(L)), hooks, max_tokens, "Evaluating transcoders",
-                             progress, cancel, bundle.device)
-    tcf = tc.to(reads.device, torch.float32)
-    acts = torch.stack([tcf.encode(l, reads[l]) for l in range(L)])  # [L, n, F]
-    recon = tcf.reconstruct(acts, reads)  # [L, n, d]
-    fired = (acts > 0).any(1)  # [L, F]
-    n_win = min(windows.shape[0], math.ceil(max_tokens / (windows.shape[1] - bundle.n_zeroed_positions)))
-    loss_windows = windows[:n_win]
-    clean = _losses(bundle, tcf, loss_windows, None, "clean") if measure_loss else None
-    out = []
-    for l in range(L):
-        check(cancel)
-        report(progress, "Measuring loss recovered", l, L)
-        err = (writes[l] - recon[l]).pow(2).sum()
-        var = (writes[l] - writes[l].mean(0)).pow(2).sum()
-        fvu = float(err / var.clamp(min=1e-30))
-        l0 = float((acts[l] > 0).sum(-1).float().mean())
-        dead = int((~fired[l]).sum())
-        rec = zero = sub = None
-        if measure_loss:
-            zero = _losses(bundle, tcf, loss_windows, l, "zero")
-            sub = (_clt_substituted_loss(bundle, tcf, loss_windows, l) if tcf.is_clt
-                   else _losses(bundle, tcf, loss_windows, l, "substitute"))
-            gap = zero - clean
-            rec = (zero - sub) / gap if abs(gap) > 1e-6 else None
-        out.append(LayerReport(l, fvu, l0, dead / F, dead, rec, clean, zero, sub))
-    report(progress, "Measuring loss recovered", L, L)
-    return tuple(out), fired
-
-
-# ---------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -816,7 +403,7 @@ def train_transcoders(bundle: ModelBundle, windows: torch.Tensor, *, width: int,
         per_group = max(1, max_buffer_bytes // (n_buf * per_token_layer))
         groups = [list(range(i, min(L, i + per_group))) for i in range(0, L, per_group)]
     resample_every = resample_every if resample_every is not None else max(50, steps // 10)
-    forward_size = _CHUNK_TOKENS * d if device.type == "cpu" else _SMALL_STEP  # for the thread heuristic
+    forward_size = CHUNK_TOKENS * d if device.type == "cpu" else _SMALL_STEP  # for the thread heuristic
 
     folded: list[TranscoderSet] = []  # one per trained unit: a layer (PLT) or the whole set (CLT)
     curves: list[list[tuple[int, float, float]]] = []
@@ -825,7 +412,7 @@ def train_transcoders(bundle: ModelBundle, windows: torch.Tensor, *, width: int,
     buffered = 0
     for layers in groups:
         with _threads_for(forward_size):
-            reads, writes = _collect(bundle, train, layers, hooks, n_buf, "Collecting activations", progress,
+            reads, writes = collect_reads_writes(bundle, train, layers, hooks, n_buf, "Collecting activations", progress,
                                      cancel, device)
         buffered = reads.shape[1]
         if reads.shape[-1] != d:

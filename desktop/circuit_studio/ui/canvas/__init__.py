@@ -1,7 +1,7 @@
 """The graph canvas: the layered attribution-graph view analysts know from circuit-tracer's frontend.
 
 Rows, bottom to top: token embeddings ("Emb"), layers L0..L{n-1}, logits; columns: prompt positions,
-a busy column wider (`core.layout`). One `ScatterPlotItem` draws every node, with a glyph per kind
+a busy column wider (`core.graph.layout`). One `ScatterPlotItem` draws every node, with a glyph per kind
 (feature ●, error ◆, token ▬, logit ▲); one `EdgeLayer` draws every edge, green when positive and
 purple when negative (PRGn, as the reference), its width bucketed by the edge's share of its target's
 shown input (the reference's `pctInput`).

@@ -1,7 +1,7 @@
 """Custom attribution targets from the canvas: right-click a logit node for
 
 * "Explain logit(A) − logit(B)…": B one of the graph's other logits or a typed token; traces the same
-  prompt with the one target `core.targets.LogitDiff(A, B)` (its node is labelled "logit(A) - logit(B)");
+  prompt with the one target `core.attribution.targets.LogitDiff(A, B)` (its node is labelled "logit(A) - logit(B)");
 * "Trace these tokens…": tokens checked among the graph's logits or typed; traces the prompt with them as
   the targets, in that order.
 

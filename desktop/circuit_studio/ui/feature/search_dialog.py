@@ -1,5 +1,5 @@
 """Find feature (Ctrl+Shift+F): search the loaded feature index by label and top-example text as you type
-(`core.feature_search`), show the chosen feature's dashboard in the feature pane (graph or no graph), and
+(`core.features.search`), show the chosen feature's dashboard in the feature pane (graph or no graph), and
 list the session's graphs where it is active; double-click one to open it with the feature's node selected.
 
 The search index is built on a background thread the first time (about a second for the demo; cached
