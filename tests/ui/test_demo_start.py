@@ -47,6 +47,24 @@ def test_opening_the_demo_offers_its_curated_prompts_and_traces_them(qtbot, tmp_
     w.close()
 
 
+def test_a_prompt_typed_while_the_demo_loads_is_traced_when_it_is_in(qtbot, tmp_path):
+    w = _window(qtbot, tmp_path)
+    c = w.controller
+    errors = []
+    c.error.connect(lambda *a: errors.append(a))
+    w.open_demo()
+    assert c.resources_loading(), "the demo loads in the background"
+    bar = w.prompt_bar
+    assert bar.prompt.isEnabled() and bar.prompt.lineEdit().isEnabled(), "the prompt can be typed at once"
+    bar.prompt.setEditText("A prompt typed before the demo was in")  # not one of the curated prompts
+    bar.trace()
+    assert errors == [] and c.analysis is None
+    qtbot.waitUntil(lambda: c.analysis is not None and c.analysis.graph.prompt == "A prompt typed before the demo was in"
+                    and not c.jobs.busy, timeout=60_000)
+    assert errors == [] and c.feature_index is not None
+    w.close()
+
+
 def test_the_demo_with_its_cross_layer_transcoder_traces_with_labels(qtbot, tmp_path):
     w = _window(qtbot, tmp_path)
     c = w.controller

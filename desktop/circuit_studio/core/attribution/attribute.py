@@ -227,34 +227,52 @@ def _run_rows(engine: PackedBackward, sink: _BlockSink, layers: np.ndarray, posi
             done(idx.size)
 
 
-def _partial_influences(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor,
-                        n_cols: int, max_iter: int = 128, chunk: int = 512) -> torch.Tensor:
+class _PartialInfluences:
     """circuit-tracer's influence estimate from the rows computed so far (spec §3.4).
 
-    rows [R, n_cols + K] with the K logit columns last; row_nodes [R] maps each row to its column.
-    With M = |rows| / (row sums) and prod_1 = w, prod_{k+1} = prod_k[row_nodes] @ M, the influence is
-    Σ_k prod_{k+1} = (Σ_k u_k) @ M where u_k = prod_k[row_nodes]; u_{k+1} = u_k @ M[:, row_nodes].
-    So the series runs on the R x R part and the full matrix is read twice (row sums, last product),
-    a chunk of rows at a time, instead of once per step with a normalised copy of it."""
-    R, C = rows.shape
-    sums = torch.linalg.vector_norm(rows, ord=1, dim=1).clamp_(min=1e-8)
-    square = rows[:, row_nodes].abs_().div_(sums[:, None])  # [R, R]
-    start = torch.zeros(C)
-    start[-logit_probs.shape[0]:] = logit_probs
-    u = start[row_nodes]
-    total = torch.zeros(R)
-    for _ in range(max_iter):
-        total += u
-        u = u @ square
-        if not u.any():
-            break
-    else:
-        raise RuntimeError("partial influences did not converge: the rows do not form a DAG")
-    weight = total / sums
-    influence = torch.zeros(C)
-    for i in range(0, R, chunk):
-        influence += weight[i: i + chunk] @ rows[i: i + chunk].abs()
-    return influence[:n_cols]
+    rows [R, n_cols + K] (the first R of `matrix`, K logit columns last); `row_nodes[:R]` maps each
+    row to its column. With M = |rows| / (row sums) and prod_1 = w, prod_{k+1} = prod_k[row_nodes] @ M,
+    the influence is Σ_k prod_{k+1} = (Σ_k u_k) @ M where u_k = prod_k[row_nodes];
+    u_{k+1} = u_k @ M[:, row_nodes]. So the series runs on the R x R part, and the full rows are read
+    once for the last product, `chunk` rows at a time through one reused buffer (a fresh |rows| chunk
+    each time costs page faults: 4x slower, measured at 4,000 x 51,000). Row sums are kept: a row does
+    not change once written."""
+
+    def __init__(self, matrix: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor, n_cols: int,
+                 chunk: int = 64) -> None:
+        self.matrix, self.row_nodes, self.logit_probs, self.n_cols = matrix, row_nodes, logit_probs, n_cols
+        self.sums = torch.empty(matrix.shape[0])
+        self.n_summed = 0
+        self.chunk = chunk
+        self.buffer = torch.empty(chunk, matrix.shape[1])
+
+    def __call__(self, R: int, max_iter: int = 128) -> torch.Tensor:
+        """float32 [n_cols]: the estimate from the first R rows."""
+        rows, row_nodes = self.matrix[:R], self.row_nodes[:R]
+        C = rows.shape[1]
+        if R > self.n_summed:
+            self.sums[self.n_summed:R] = torch.linalg.vector_norm(rows[self.n_summed:], ord=1, dim=1).clamp_(min=1e-8)
+            self.n_summed = R
+        sums = self.sums[:R]
+        square = torch.index_select(rows, 1, row_nodes).abs_().div_(sums[:, None])  # [R, R]
+        start = torch.zeros(C)
+        start[-self.logit_probs.shape[0]:] = self.logit_probs
+        u = start[row_nodes]
+        total = torch.zeros(R)
+        for _ in range(max_iter):
+            total += u
+            u = u @ square
+            if not u.any():
+                break
+        else:
+            raise RuntimeError("partial influences did not converge: the rows do not form a DAG")
+        weight = total / sums
+        influence = torch.zeros(C)
+        for i in range(0, R, self.chunk):
+            part = rows[i: i + self.chunk]
+            absolute = torch.abs(part, out=self.buffer[: part.shape[0]])
+            influence.addmv_(absolute.T, weight[i: i + self.chunk])
+        return influence[: self.n_cols]
 
 
 def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, transcoders: TranscoderSet,
@@ -333,12 +351,12 @@ def attribute(prompt: str | list[int] | torch.Tensor, bundle: ModelBundle, trans
 
         t0 = time.perf_counter()
         visited = torch.zeros(n_active, dtype=torch.bool)
+        influences = _PartialInfluences(matrix, row_nodes, p0.targets.probabilities, n_cols)
         n_done = 0
         count = _RowProgress(progress, cancel, bs, total_batches)
         macs0 = engine.macs
         while n_done < budget:
-            infl = _partial_influences(matrix[: K + n_done], row_nodes[: K + n_done],
-                                       p0.targets.probabilities, n_cols)[:n_active]
+            infl = influences(K + n_done)[:n_active]
             order = torch.argsort(infl, descending=True, stable=True)
             order = order[~visited[order]]
             queue = torch.sort(order[: min(params.update_interval * bs, budget - n_done)]).values
