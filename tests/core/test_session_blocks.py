@@ -96,10 +96,41 @@ def test_a_v3_file_holds_the_matrix_and_upgrades_when_saved(tmp_path):
 @pytest.mark.parametrize("cut", [1, 9, 100])
 def test_a_damaged_block_payload_is_refused(cut):
     graph = blocked(synthetic_graph(60, seed=6))
-    encoding, payload = encode_adjacency(graph.adjacency)
+    encoding, parts = encode_adjacency(graph.adjacency)
+    payload = b"".join(parts)
     n = graph.n_nodes
     assert decode_adjacency(bytes(payload), "<f4", (n, n), encoding).identical(graph.adjacency)
     with pytest.raises(ValueError):
         decode_adjacency(bytes(payload)[:-cut], "<f4", (n, n), encoding)
     with pytest.raises(ValueError):
         decode_adjacency(bytes(payload) + b"\0" * cut, "<f4", (n, n), encoding)
+
+
+def test_big_arrays_are_written_and_read_in_chunks(tmp_path, monkeypatch):
+    from circuit_studio.core.session.store import rows as store_rows
+
+    monkeypatch.setattr(store_rows, "CHUNK_BYTES", 1000)  # blocks, rows and values all cross chunk edges
+    graph = blocked(synthetic_graph(120, seed=7))
+    path = tmp_path / "chunks.cs-session"
+    save_session(Session(graphs=(GraphRecord(id=1, graph=graph),)), path)
+    with sqlite3.connect(path) as db:
+        n_chunks, nbytes = db.execute("SELECT n_chunks, nbytes FROM graph_arrays WHERE name = 'adjacency_matrix'"
+                                      ).fetchone()
+        sizes = [len(d) for (d,) in db.execute("SELECT data FROM array_chunks WHERE name = 'adjacency_matrix' "
+                                               "ORDER BY seq")]
+    db.close()
+    assert n_chunks == len(sizes) == -(-nbytes // 1000) > 5 and sizes[:-1] == [1000] * (len(sizes) - 1)
+    back = load_session(path).graphs[0].graph
+    assert back.adjacency.identical(graph.adjacency) and graphs_equal(back, graph)
+
+
+@pytest.mark.parametrize("sizes", [[0], [5], [3, 0, 7, 1], [10, 10], [1] * 23, [0, 0]])
+def test_chunks_cut_the_concatenated_parts(sizes):
+    from circuit_studio.core.session.store.rows import _chunked
+
+    rng = np.random.default_rng(len(sizes))
+    parts = [memoryview(rng.integers(0, 256, n, dtype=np.uint8).tobytes()) for n in sizes]
+    pieces = [bytes(p) for p in _chunked(parts, 4)]
+    assert b"".join(pieces) == b"".join(parts)
+    total = sum(sizes)
+    assert len(pieces) == max(1, -(-total // 4)) and all(len(p) == 4 for p in pieces[:-1])

@@ -210,15 +210,18 @@ class Adjacency:
         return _Lookup(self)
 
     # ---- files ----
-    def file_arrays(self) -> dict[str, np.ndarray]:
-        """The blocks as four flat arrays (see `from_file_arrays`); for the graph file."""
+    def file_arrays(self, values: bool = True) -> dict[str, np.ndarray]:
+        """The blocks as four flat arrays (see `from_file_arrays`); for the graph file. `values=False`
+        leaves out the values (a writer that streams them block by block)."""
         if self._dense is not None:
             raise ValueError("a dense adjacency is stored as the matrix itself")
         bl = self._blocks
         shapes = np.array([(b.rows.size, b.cols.size) for b in bl], dtype=np.int64).reshape(-1, 2)
         cat = (lambda parts, dt: np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt))
-        return dict(zip(FILE_KEYS, (shapes, cat([b.rows for b in bl], np.int64), cat([b.cols for b in bl], np.int64),
-                                    cat([b.values.ravel() for b in bl], np.float32))))
+        out = dict(zip(FILE_KEYS[:3], (shapes, cat([b.rows for b in bl], np.int64), cat([b.cols for b in bl], np.int64))))
+        if values:
+            out[FILE_KEYS[3]] = cat([b.values.ravel() for b in bl], np.float32)
+        return out
 
     @classmethod
     def from_file_arrays(cls, n_nodes: int, arrays: dict[str, np.ndarray]) -> "Adjacency":

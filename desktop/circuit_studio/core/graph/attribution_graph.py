@@ -22,6 +22,7 @@ can be reopened without torch and without the model. Format 1 stores the dense `
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -244,13 +245,39 @@ def write_graph_npz(graph: AttributionGraph, path: Path, extra: dict[str, np.nda
         **{f.name: getattr(graph, f.name) for f in fields(graph) if f.name not in GRAPH_ARRAYS + ("adjacency",)},
     }
     header["params"] = asdict(graph.params)
-    arrays = {**(extra or {}), **{name: getattr(graph, name) for name in GRAPH_ARRAYS if name != "adjacency_matrix"}}
+    arrays = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **(extra or {}),
+              **{name: getattr(graph, name) for name in GRAPH_ARRAYS if name != "adjacency_matrix"}}
+    streamed = {}
     if dense:
         arrays["adjacency_matrix"] = graph.adjacency_matrix
     else:
-        arrays.update(adj.file_arrays())
-    with open(path, "wb") as fh:  # a file object: np.savez would add ".npz" to a name without it
-        np.savez(fh, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+        # the blocks' values go to the file block by block: no 2 GB concatenation of a big graph's blocks
+        names = FILE_KEYS[:3]
+        arrays.update({k: v for k, v in adj.file_arrays(values=False).items() if k in names})
+        streamed[FILE_KEYS[3]] = (np.dtype("<f4"), adj.n_stored, [b.values for b in adj.blocks])
+    _write_npz(path, arrays, streamed)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray],
+               streamed: dict[str, tuple[np.dtype, int, list[np.ndarray]]]) -> None:
+    """What `np.savez` writes (an uncompressed zip of `.npy` members, ZIP64 when big), plus members
+    written piece by piece: `streamed[name]` = (dtype, length, pieces), a 1-D array that is the pieces
+    concatenated in C order."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+        for name, (dtype, length, pieces) in streamed.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_2_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                          "fortran_order": False, "shape": (int(length),)})
+                written = 0
+                for piece in pieces:
+                    piece = np.ascontiguousarray(piece, dtype=dtype)
+                    fh.write(memoryview(piece).cast("B"))
+                    written += piece.size
+                if written != length:
+                    raise ValueError(f"{name}: {written} values written, {length} declared")
 
 
 def graph_write_error(e: BaseException, path: Path | str) -> GraphFileError:

@@ -76,7 +76,7 @@ FORMAT_NAME = "circuit-studio-session"
 APPLICATION_ID = 0x43537353  # "CSsS", in the SQLite header at offset 68
 SCHEMA_VERSION = 4
 BLOCKS_SINCE = 4  # the first version whose adjacency may be stored as "blocks"
-CHUNK_BYTES = 512 << 20  # below SQLite's default 1e9-byte limit on one value
+CHUNK_BYTES = 64 << 20  # a save holds one chunk (and SQLite its copy) at a time; readers take any size <= 512 MiB
 RESOURCE_KINDS = ("model", "transcoders", "feature_index")
 BINDING_COLUMNS = ("model_id", "transcoders_id", "feature_index_id")  # session and graphs -> resources.id
 

@@ -99,16 +99,20 @@ def payload_bound(arr: np.ndarray, encoding: str) -> int:
 
 # ---- the adjacency ----
 
-def encode_adjacency(adj: Adjacency, *, allow_blocks: bool = True) -> tuple[str, memoryview]:
-    """(encoding, payload) of a graph's adjacency: its blocks as they are ("blocks"), so that a graph
-    held in blocks is never made an N x N matrix to be saved; a dense one (or any, for schemas before 4)
-    as "nonzero"."""
+def encode_adjacency(adj: Adjacency, *, allow_blocks: bool = True) -> tuple[str, list[memoryview]]:
+    """(encoding, parts) of a graph's adjacency; the payload is the parts concatenated (they are views of
+    the adjacency's own arrays, so a 2 GB graph is written without a copy of it). A graph held in blocks
+    is stored as its blocks ("blocks"), never made an N x N matrix to be saved; a dense one (or any, for
+    schemas before 4) as "nonzero"."""
     if adj.is_dense or not allow_blocks:
-        return "nonzero", encode_array(adj.dense(), "nonzero")
-    arrays = adj.file_arrays()
-    parts = [np.frombuffer(struct.pack("<Q", arrays[FILE_KEYS[0]].shape[0]), np.uint8)]
-    parts += [np.ascontiguousarray(arrays[k]).reshape(-1).view(np.uint8) for k in FILE_KEYS]
-    return "blocks", memoryview(np.concatenate(parts))
+        return "nonzero", [encode_array(adj.dense(), "nonzero")]
+    blocks = adj.blocks
+    shapes = np.array([(b.rows.size, b.cols.size) for b in blocks], dtype="<i8").reshape(-1, 2)
+    parts = [memoryview(struct.pack("<Q", len(blocks))), memoryview(shapes).cast("B")]
+    for arrays, dt in (([b.rows for b in blocks], "<i8"), ([b.cols for b in blocks], "<i8"),
+                       ([b.values for b in blocks], "<f4")):
+        parts += [memoryview(np.ascontiguousarray(a, dtype=dt)).cast("B") for a in arrays if a.size]
+    return "blocks", parts
 
 
 def adjacency_payload_bound(adj: Adjacency, *, allow_blocks: bool = True) -> int:
@@ -120,8 +124,9 @@ def adjacency_payload_bound(adj: Adjacency, *, allow_blocks: bool = True) -> int
     return 8 + 16 * len(adj.blocks) + 8 * (n_rows + n_cols) + 4 * adj.n_stored
 
 
-def decode_adjacency(payload: bytes, dtype: str, shape: tuple[int, ...], encoding: str) -> Adjacency:
-    """The adjacency stored by `encode_adjacency` (or, in older files, as any array encoding)."""
+def decode_adjacency(payload, dtype: str, shape: tuple[int, ...], encoding: str) -> Adjacency:
+    """The adjacency stored by `encode_adjacency` (or, in older files, as any array encoding). The blocks
+    are views of `payload` when it is a writable buffer (no copy of a 2 GB graph), copies otherwise."""
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"adjacency of shape {shape}")
     if encoding != "blocks":
@@ -131,24 +136,24 @@ def decode_adjacency(payload: bytes, dtype: str, shape: tuple[int, ...], encodin
     buf = np.frombuffer(payload, np.uint8)
     if buf.size < 8:
         raise ValueError("block payload too short")
-    (n_blocks,) = struct.unpack_from("<Q", payload)
+    (n_blocks,) = struct.unpack_from("<Q", buf)
     at = 8
 
-    def take(count: int, dt) -> np.ndarray:
+    def take(count: int, dt: str) -> np.ndarray:
         nonlocal at
         nbytes = count * np.dtype(dt).itemsize
         if at + nbytes > buf.size:
             raise ValueError("block payload too short")
         out = buf[at:at + nbytes].view(dt)
         at += nbytes
-        return out
+        return out if out.flags.writeable else out.copy()
 
-    shapes = take(2 * n_blocks, np.int64).reshape(-1, 2)
+    shapes = take(2 * n_blocks, "<i8").reshape(-1, 2)
     if shapes.size and shapes.min() < 0:
         raise ValueError("negative block size")
-    rows = take(int(shapes[:, 0].sum()), np.int64)
-    cols = take(int(shapes[:, 1].sum()), np.int64)
-    values = take(int((shapes[:, 0] * shapes[:, 1]).sum()), np.float32).copy()  # writable, owned
+    rows = take(int(shapes[:, 0].sum()), "<i8")
+    cols = take(int(shapes[:, 1].sum()), "<i8")
+    values = take(int((shapes[:, 0] * shapes[:, 1]).sum()), "<f4")
     if at != buf.size:
         raise ValueError("block payload has the wrong length")
-    return Adjacency.from_file_arrays(shape[0], dict(zip(FILE_KEYS, (shapes, rows.copy(), cols.copy(), values))))
+    return Adjacency.from_file_arrays(shape[0], dict(zip(FILE_KEYS, (shapes, rows, cols, values))))

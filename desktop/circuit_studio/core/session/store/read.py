@@ -184,16 +184,22 @@ def _read_array(c: sa.Connection, graph_id: int, name: str) -> np.ndarray | Adja
     info = c.execute(sa.select(A).where(A.c.graph_id == graph_id, A.c.name == name)).mappings().one_or_none()
     if info is None:
         raise ValueError(f"graph {graph_id} has no {name}")
-    chunks = c.execute(sa.select(C.c.seq, C.c.crc32, C.c.data).where(C.c.graph_id == graph_id, C.c.name == name)
-                       .order_by(C.c.seq)).all()
-    if [ch.seq for ch in chunks] != list(range(info["n_chunks"])):
-        raise ValueError(f"graph {graph_id} {name}: chunks missing")
-    for ch in chunks:
+    # chunk by chunk into one buffer: never the chunks and their join at once (a graph's adjacency can be 2 GB)
+    payload = np.empty(int(info["nbytes"]), dtype=np.uint8)
+    at, seqs = 0, []
+    for ch in c.execute(sa.select(C.c.seq, C.c.crc32, C.c.data).where(C.c.graph_id == graph_id, C.c.name == name)
+                        .order_by(C.c.seq)):
         if zlib.crc32(ch.data) != ch.crc32:
             raise ValueError(f"graph {graph_id} {name}: chunk {ch.seq} fails its checksum")
-    payload = chunks[0].data if len(chunks) == 1 else b"".join(ch.data for ch in chunks)
-    if len(payload) != info["nbytes"]:
-        raise ValueError(f"graph {graph_id} {name}: {len(payload)} bytes, expected {info['nbytes']}")
+        if at + len(ch.data) > payload.size:
+            raise ValueError(f"graph {graph_id} {name}: more than the {payload.size} bytes expected")
+        payload[at:at + len(ch.data)] = np.frombuffer(ch.data, np.uint8)
+        at += len(ch.data)
+        seqs.append(ch.seq)
+    if seqs != list(range(info["n_chunks"])):
+        raise ValueError(f"graph {graph_id} {name}: chunks missing")
+    if at != payload.size:
+        raise ValueError(f"graph {graph_id} {name}: {at} bytes, expected {payload.size}")
     decode = decode_adjacency if name == "adjacency_matrix" else decode_array
     return decode(payload, info["dtype"], tuple(info["shape"]), info["encoding"])
 

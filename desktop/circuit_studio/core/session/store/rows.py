@@ -8,7 +8,7 @@ import sqlite3
 import zlib
 from dataclasses import asdict, dataclass
 from operator import itemgetter
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import sqlalchemy as sa
 
@@ -103,23 +103,43 @@ def old_schema_rows(t: dict[str, list[Row]], session: Session) -> dict[str, list
     return out
 
 
-def array_rows(rec: GraphRecord, schema_version: int = SCHEMA_VERSION) -> Iterable[tuple[Row, list[Row]]]:
-    """Each array of the record's graph: its graph_arrays row and array_chunks rows (encoded one array at a
-    time, so that a save never holds more than one encoded array). The adjacency is stored as the graph
-    holds it: its blocks ("blocks", from schema 4) or its non-zeros ("nonzero")."""
+def array_rows(rec: GraphRecord, schema_version: int = SCHEMA_VERSION) -> Iterator[tuple[Row, Iterator[Row]]]:
+    """Each array of the record's graph: its graph_arrays row and its array_chunks rows, made one chunk
+    at a time as they are consumed (so that a save holds at most one chunk's copy of an array). The
+    adjacency is stored as the graph holds it: its blocks ("blocks", from schema 4) or its non-zeros."""
     g = rec.graph
     for name in ARRAYS:
         if name == "adjacency_matrix":
-            encoding, payload = encode_adjacency(g.adjacency, allow_blocks=schema_version >= BLOCKS_SINCE)
+            encoding, parts = encode_adjacency(g.adjacency, allow_blocks=schema_version >= BLOCKS_SINCE)
             dtype, shape = "<f4", [g.n_nodes, g.n_nodes]
         else:
             arr = getattr(g, name)
-            encoding, payload, dtype, shape = "raw", encode_array(arr, "raw"), arr.dtype.str, list(arr.shape)
-        chunks = [payload[i:i + CHUNK_BYTES] for i in range(0, max(len(payload), 1), CHUNK_BYTES)]
-        yield ({"graph_id": rec.id, "name": name, "dtype": dtype, "shape": shape,
-                "encoding": encoding, "nbytes": len(payload), "n_chunks": len(chunks)},
-               [{"graph_id": rec.id, "name": name, "seq": i, "crc32": zlib.crc32(c), "data": c}
-                for i, c in enumerate(chunks)])
+            encoding, parts, dtype, shape = "raw", [encode_array(arr, "raw")], arr.dtype.str, list(arr.shape)
+        nbytes = sum(part.nbytes for part in parts)
+        n_chunks = max(1, -(-nbytes // CHUNK_BYTES))
+        chunks = ({"graph_id": rec.id, "name": name, "seq": i, "crc32": zlib.crc32(c), "data": c}
+                  for i, c in enumerate(_chunked(parts, CHUNK_BYTES)))
+        yield ({"graph_id": rec.id, "name": name, "dtype": dtype, "shape": shape, "encoding": encoding,
+                "nbytes": nbytes, "n_chunks": n_chunks}, chunks)
+
+
+def _chunked(parts: list[memoryview], size: int) -> Iterator[bytes | memoryview]:
+    """The concatenation of `parts` cut into pieces of `size` bytes (the last may be shorter; one empty
+    piece for an empty payload). A piece inside one part is a view of it, others are joined."""
+    piece: list[memoryview] = []
+    filled = 0
+    for part in parts:
+        at = 0
+        while at < part.nbytes:
+            take = min(size - filled, part.nbytes - at)
+            piece.append(part[at:at + take])
+            filled += take
+            at += take
+            if filled == size:
+                yield piece[0] if len(piece) == 1 else b"".join(piece)
+                piece, filled = [], 0
+    if piece or not any(part.nbytes for part in parts):
+        yield piece[0] if len(piece) == 1 else b"".join(piece)
 
 
 def graph_payload_bound(graph: AttributionGraph, schema_version: int = SCHEMA_VERSION) -> int:

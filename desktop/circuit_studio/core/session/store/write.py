@@ -240,7 +240,8 @@ def _write_rows(conn: sqlite3.Connection, session: Session, target: Path, schema
     for rec in new:
         for info, chunks in array_rows(rec, schema_version):
             insert_rows(cur, md.tables["graph_arrays"], [info])
-            insert_rows(cur, md.tables["array_chunks"], chunks)
+            for chunk in chunks:  # one at a time: a chunk is up to CHUNK_BYTES
+                insert_rows(cur, md.tables["array_chunks"], [chunk])
     changed = any(changes) or bool(stored - kept) or bool(new)
     return changed, kept
 
