@@ -21,14 +21,17 @@ from test_session_store import synthetic_graph
 
 
 def blocked(graph):
-    """The same graph with its adjacency as blocks of 37 target rows x the columns those rows use."""
+    """The same graph with its adjacency as blocks, as attribution holds it: up to 37 target rows of one
+    layer x the columns those rows use (all of lower layers)."""
     dense = graph.adjacency_matrix
+    layers = graph.node_layers()
     blocks = []
-    for r0 in range(0, graph.n_nodes, 37):
-        rows = np.arange(r0, min(r0 + 37, graph.n_nodes))
-        cols = np.flatnonzero((dense[rows].view(np.uint32) != 0).any(axis=0))
-        if cols.size:
-            blocks.append(Block(rows, cols, np.ascontiguousarray(dense[np.ix_(rows, cols)].T)))
+    for layer in np.unique(layers):
+        of_layer = np.flatnonzero(layers == layer)
+        for rows in np.array_split(of_layer, -(-of_layer.size // 37)):
+            cols = np.flatnonzero((dense[rows].view(np.uint32) != 0).any(axis=0))
+            if cols.size:
+                blocks.append(Block(rows, cols, np.ascontiguousarray(dense[np.ix_(rows, cols)].T)))
     out = replace(graph, adjacency_matrix=None, adjacency=Adjacency(graph.n_nodes, blocks))
     assert not out.adjacency.is_dense
     return out
