@@ -329,8 +329,6 @@ class Controller(QObject):
         `targets`: the logit nodes (`core.attribution.targets`: token ids, token strings, `CustomTarget`, `LogitDiff`;
         None for the most probable logits), `title` the graph's title in the session; `chat`: as a user turn
         under the tokenizer's chat template (`core.model.chat_template`)."""
-        from ..core.attribution.attribute import attribute
-
         ws = self.workspace
         binding = ws.active
         bundle, tc = ws.resource(binding.model), ws.resource(binding.transcoders)
@@ -356,6 +354,9 @@ class Controller(QObject):
         index = ws.resource(binding.index) or ws.resource(ws.index_ref_for(binding.transcoders))
 
         def job(progress, cancel):
+            # imported here, on the compute thread: it imports torch, which must not block the window
+            from ..core.attribution.attribute import attribute
+
             graph = attribute(prompt, bundle, tc, params, targets=targets, progress=progress, cancel=cancel)
             return Analysis(graph, labels=labels, auto_label=index.label if index else None)
 

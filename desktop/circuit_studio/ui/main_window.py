@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import traceback
 from pathlib import Path
 
@@ -481,8 +482,14 @@ class MainWindow(QMainWindow):
         from ..core.model.loading import device_name
 
         ws = self.controller.workspace
-        self.device_label.setText(f"  Device: {device_name()}  ")
         bundle, tc = ws.resource(ws.active.model), ws.resource(ws.active.transcoders)
+        if bundle is not None:
+            device = device_name(bundle.device)
+        elif "torch" in sys.modules:
+            device = device_name()
+        else:  # importing torch takes ~2 s: never before the window shows (loading a model imports it)
+            device = "set when a model loads"
+        self.device_label.setText(f"  Device: {device}  ")
         index = ws.resource(ws.active.index) or ws.resource(ws.index_ref_for(ws.active.transcoders))
         parts = []
         if bundle is not None:

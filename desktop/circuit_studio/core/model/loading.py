@@ -452,8 +452,12 @@ def decode_tokens(bundle: ModelBundle, ids: torch.Tensor | list[int]) -> tuple[s
     return tuple(bundle.tokenizer.decode([i]) for i in ids)
 
 
-def device_name() -> str:
-    """What the window's status bar calls the compute device: the first CUDA device's name, or "CPU"."""
+def device_name(device=None) -> str:
+    """What the window's status bar calls a compute device (`device`, default: the first CUDA device if
+    there is one): the CUDA device's name, or "CPU"."""
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    if device is None:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
