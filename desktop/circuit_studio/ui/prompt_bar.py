@@ -45,6 +45,8 @@ class PromptBar(QWidget):
         self.progress.setFormat("Idle")
         self.progress.setValue(0)
         self.progress.setMaximumWidth(260)
+        # wide enough for the longest phase ("Loading transcoders 26/26") on one line
+        self.progress.setMinimumWidth(self.progress.fontMetrics().horizontalAdvance("Loading transcoders 26/26") + 24)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.setSpacing(0)
