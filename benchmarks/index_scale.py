@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 import tempfile
 import time
@@ -34,18 +33,10 @@ from circuit_studio.core.features.index_shards import IndexSettings  # noqa: E40
 from circuit_studio.core.model.loading import load_model  # noqa: E402
 from circuit_studio.core.transcoders.loading import load_transcoders  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests" / "scale"))  # the scale tests' table comparison, to check the shards
+from scale_helpers import index_tables as tables  # noqa: E402
+
 DEMO = ROOT / "resources" / "demo"
-
-
-def tables(path: Path) -> dict:
-    conn = sqlite3.connect(path)
-    try:
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        out = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in names}
-    finally:
-        conn.close()
-    out["meta"] = [r for r in out["meta"] if r[0] != "created"]
-    return out
 
 
 def main() -> None:

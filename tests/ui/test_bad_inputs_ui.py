@@ -9,21 +9,17 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from circuit_studio.core.session.store import load_session, save_session
 from circuit_studio.ui.main_window import MainWindow
 from test_session_store import example_session
+from window_helpers import new_window
 
 
 def _window(qtbot, tmp_path) -> MainWindow:
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat),
-                   autosave_dir=tmp_path / "autosave")
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
-    w.show()
-    return w
+    return new_window(qtbot, tmp_path, autosave_dir=tmp_path / "autosave")
 
 
 def _answer(clicks: list[tuple[QMessageBox.StandardButton, object]]) -> list[str]:
@@ -147,10 +143,7 @@ def test_exports_on_a_full_disk_say_so_and_leave_nothing(qtbot, tmp_path, monkey
 def test_autosave_where_nothing_can_be_written_says_so_in_the_status_bar(qtbot, tmp_path, analysis):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat),
-                   autosave_dir=blocker / "autosave")  # a folder inside a file: every write fails
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
+    w = new_window(qtbot, tmp_path, autosave_dir=blocker / "autosave", show=False)  # inside a file: every write fails
     w.controller.set_analysis(analysis)  # unsaved changes: autosave has work to do
     w.sessions.autosave()  # must not raise: it runs from a timer, where nobody would catch it
     assert w.statusBar().currentMessage().startswith("Autosave failed: ")

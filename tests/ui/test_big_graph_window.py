@@ -1,45 +1,28 @@
 """A big graph held in blocks (as attribution writes one without a feature budget) goes through the
-window without ever becoming an N x N matrix: shown, pruned, a node's connections listed, the caption
-of an edge, saved in a session and reopened."""
+window without ever becoming an N x N matrix: shown, pruned, a node's connections listed, saved in a
+session and reopened."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings
 
 from circuit_studio.core.graph import pruning
-from circuit_studio.core.graph.adjacency import Adjacency
-from circuit_studio.ui.main_window import MainWindow
 from circuit_studio.ui.node_connections import INPUTS_NEG, INPUTS_POS, OUTPUTS_NEG, OUTPUTS_POS
-from test_session_blocks import blocked
+from test_session_blocks import blocked, no_dense  # noqa: F401 (a fixture)
 from test_session_store import synthetic_graph
+from window_helpers import new_window
 
 
 @pytest.fixture
-def no_dense(monkeypatch):
-    real = Adjacency.dense
-
-    def refuse(self):
-        if not self.is_dense:
-            raise AssertionError("the window built an N x N matrix")
-        return real(self)
-    monkeypatch.setattr(Adjacency, "dense", refuse)
-    monkeypatch.setattr(pruning, "DENSE_PRUNE_MAX_NODES", 0)  # prune on the blocks, as above 4,096 nodes
+def no_dense_pruning(no_dense, monkeypatch):
+    """`no_dense`, and pruning on the blocks as above 4,096 nodes."""
+    monkeypatch.setattr(pruning, "DENSE_PRUNE_MAX_NODES", 0)
 
 
-def _window(qtbot, tmp_path, name):
-    w = MainWindow(settings=QSettings(str(tmp_path / f"{name}.ini"), QSettings.IniFormat),
-                   autosave_dir=tmp_path / f"auto-{name}")
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
-    w.show()
-    return w
-
-
-def test_a_blocked_graph_is_shown_explored_saved_and_reopened_in_blocks(qtbot, tmp_path, no_dense):
+def test_a_blocked_graph_is_shown_explored_saved_and_reopened_in_blocks(qtbot, tmp_path, no_dense_pruning):
     graph = blocked(synthetic_graph(400, seed=11))
-    w = _window(qtbot, tmp_path, "a")
+    w = new_window(qtbot, tmp_path, "a")
     c = w.controller
     c.workspace.add_graph(graph)
     qtbot.waitUntil(lambda: c.analysis is not None, timeout=20_000)
@@ -57,7 +40,7 @@ def test_a_blocked_graph_is_shown_explored_saved_and_reopened_in_blocks(qtbot, t
     assert w.sessions.save_as(str(path))
     w.close()
 
-    w2 = _window(qtbot, tmp_path, "b")
+    w2 = new_window(qtbot, tmp_path, "b")
     assert w2.sessions.open(str(path))
     qtbot.waitUntil(lambda: w2.controller.analysis is not None, timeout=20_000)
     back = w2.controller.analysis

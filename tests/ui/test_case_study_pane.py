@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings
 
 from circuit_studio.core.interventions.contrast import distinct_features
-from circuit_studio.ui.main_window import MainWindow
+from window_helpers import new_window, open_demo, trace
 
 A = "The capital of the state containing Dallas is"
 B = "The capital of the state containing San Diego is"
@@ -19,25 +18,10 @@ K = 2
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
-    w.sessions.answer_unsaved = "discard"
-    w.resize(1400, 900)
-    qtbot.addWidget(w)
-    w.show()
-    c = w.controller
-    c.open_demo()
-    qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
+    w = new_window(qtbot, tmp_path, size=(1400, 900))
+    open_demo(qtbot, w)
     yield w
     w.close()
-
-
-def trace(qtbot, w, prompt):
-    c = w.controller
-    w.prompt_bar.prompt.setEditText(prompt)
-    w.prompt_bar.trace()
-    qtbot.waitUntil(lambda: c.analysis is not None and c.analysis.graph.prompt == prompt and not c.jobs.busy,
-                    timeout=60_000)
-    return c.analysis
 
 
 def test_swapping_city_features_in_the_pane_flips_the_answer(qtbot, window):

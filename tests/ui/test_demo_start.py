@@ -10,22 +10,13 @@ import sys
 import time
 
 import pytest
-from PySide6.QtCore import QSettings
 
 from circuit_studio.ui.controller import read_curated_prompts
-from circuit_studio.ui.main_window import MainWindow
-
-
-def _window(qtbot, tmp_path) -> MainWindow:
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
-    w.show()
-    return w
+from window_helpers import new_window
 
 
 def test_opening_the_demo_offers_its_curated_prompts_and_traces_them(qtbot, tmp_path):
-    w = _window(qtbot, tmp_path)
+    w = new_window(qtbot, tmp_path)
     c = w.controller
     w.open_demo()  # what File ▸ Open demo and a start with no arguments do
     qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
@@ -48,7 +39,7 @@ def test_opening_the_demo_offers_its_curated_prompts_and_traces_them(qtbot, tmp_
 
 
 def test_a_prompt_typed_while_the_demo_loads_is_traced_when_it_is_in(qtbot, tmp_path):
-    w = _window(qtbot, tmp_path)
+    w = new_window(qtbot, tmp_path)
     c = w.controller
     errors = []
     c.error.connect(lambda *a: errors.append(a))
@@ -66,7 +57,7 @@ def test_a_prompt_typed_while_the_demo_loads_is_traced_when_it_is_in(qtbot, tmp_
 
 
 def test_the_demo_with_its_cross_layer_transcoder_traces_with_labels(qtbot, tmp_path):
-    w = _window(qtbot, tmp_path)
+    w = new_window(qtbot, tmp_path)
     c = w.controller
     w.open_demo("clt")
     qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)

@@ -9,13 +9,12 @@ import subprocess
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings
 from PySide6.QtGui import QImage
 
 from circuit_studio.core.session.analysis import Analysis
 from circuit_studio.core.graph.attribution_graph import NodeKind
-from circuit_studio.ui.main_window import MainWindow
 from parity_cases import case_dirs, reference_graph
+from window_helpers import new_window
 
 
 def _imagemagick() -> bool:
@@ -27,12 +26,7 @@ def _imagemagick() -> bool:
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
-    w.resize(1100, 750)
-    w.show()
-    yield w
+    yield new_window(qtbot, tmp_path, size=(1100, 750))
 
 
 def _case_with_features():

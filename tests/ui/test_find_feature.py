@@ -4,9 +4,8 @@ the session where the feature is active, and opening one with its node selected.
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QSettings
 
-from circuit_studio.ui.main_window import MainWindow
+from window_helpers import new_window, open_demo
 
 pytest.importorskip("pytestqt")
 
@@ -14,13 +13,9 @@ A = "The capital of the state containing Dallas is"
 
 
 def test_find_feature(qtbot, tmp_path):
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
-    w.show()
+    w = new_window(qtbot, tmp_path)
     c = w.controller
-    c.open_demo()
-    qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
+    open_demo(qtbot, w)
     assert c.analysis is None
     shortcut = [a for a in w.findChildren(type(w.undo_action)) if a.text() == "&Find feature…"]
     assert shortcut and shortcut[0].shortcut().toString() == "Ctrl+Shift+F"

@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 
 from circuit_studio.core.attribution.heads_state import node_position
 from circuit_studio.ui.heads_pane import SETTINGS_KEY
-from circuit_studio.ui.main_window import MainWindow
+from window_helpers import new_window, open_demo, trace
 
 PROMPT = "The capital of the state containing Dallas is"
 
@@ -29,15 +29,9 @@ def _city_edge(graph):
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
-    w.show()
-    c = w.controller
-    w.open_demo()
-    qtbot.waitUntil(lambda: c.transcoders is not None and not c.jobs.busy, timeout=120_000)
-    c.trace(PROMPT)
-    qtbot.waitUntil(lambda: c.analysis is not None and not c.jobs.busy, timeout=120_000)
+    w = new_window(qtbot, tmp_path)
+    open_demo(qtbot, w, timeout=120_000)
+    trace(qtbot, w, PROMPT, timeout=120_000)
     yield w
     w.close()
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings
 
 from circuit_studio.core.interventions.steering_data import SteeringRow, SteeringState, Target
-from circuit_studio.ui.main_window import MainWindow
+from window_helpers import new_window, open_demo, trace
 
 pytest.importorskip("pytestqt")
 
@@ -22,17 +21,9 @@ CITY = 7
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
-    w.sessions.answer_unsaved = "discard"
-    qtbot.addWidget(w)
-    w.show()  # the default size
-    c = w.controller
-    c.open_demo()
-    qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
-    w.prompt_bar.prompt.setEditText(A)
-    w.prompt_bar.trace()
-    qtbot.waitUntil(lambda: c.analysis is not None and c.analysis.graph.prompt == A and not c.jobs.busy,
-                    timeout=60_000)
+    w = new_window(qtbot, tmp_path)  # the default size
+    open_demo(qtbot, w)
+    trace(qtbot, w, A)
     yield w
     w.close()
 

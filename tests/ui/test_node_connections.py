@@ -239,8 +239,8 @@ def test_node_connections_function_matches_matrix(graph):
     for adj in (dense, blocks):
         sums = adj.abs_row_sums(np.float64)
         assert np.allclose(sums, np.abs(A.astype(np.float64)).sum(axis=1))
-        c = node_connections(adj, node, sums, inputs=True, keep=keep)
+        c = node_connections(adj, node, inputs=True, keep=keep)
         assert set(c.nodes.tolist()) == {s for s in nz if keep[s]}
         assert c.n_hidden_pos + c.n_hidden_neg == sum(1 for s in nz if not keep[s])
-        out = node_connections(adj, node, sums, inputs=False)
+        out = node_connections(adj, node, inputs=False)
         assert set(out.nodes.tolist()) == {t for t in np.flatnonzero(A[:, node]) if t != node}

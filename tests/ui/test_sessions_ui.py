@@ -10,12 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings
 
 from circuit_studio.core.session.store import load_session
 from circuit_studio.core.synthetic import default_hooks, random_transcoders
 from circuit_studio.core.transcoders.writing import save_transcoders
-from circuit_studio.ui.main_window import MainWindow
+from window_helpers import new_window
 
 PROMPT = "the capital of the state of Dallas is"
 
@@ -32,13 +31,7 @@ def folders(tmp_path_factory, tiny_model_folder):
 
 
 def _window(qtbot, tmp_path, name="w"):
-    w = MainWindow(settings=QSettings(str(tmp_path / f"{name}.ini"), QSettings.IniFormat),
-                   autosave_dir=tmp_path / "autosave")
-    w.sessions.answer_unsaved = "discard"
-    w.resize(1400, 900)
-    qtbot.addWidget(w)
-    w.show()
-    return w
+    return new_window(qtbot, tmp_path, name, size=(1400, 900), autosave_dir=tmp_path / "autosave")
 
 
 def _analysis_by_hand(qtbot, w, folders):

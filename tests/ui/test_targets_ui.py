@@ -5,12 +5,12 @@ logit( Austin) - logit( Sacramento); "Trace these tokens…" traces it with the 
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QMenu
 
 from circuit_studio.ui.canvas import logit_targets
 from circuit_studio.ui.canvas.logit_targets import TokensDialog, typed_token, typed_tokens
-from circuit_studio.ui.main_window import MainWindow
+from window_helpers import new_window, open_demo, trace
 
 pytest.importorskip("pytestqt")
 
@@ -25,19 +25,10 @@ def test_typed_tokens():
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    w = MainWindow(settings=QSettings(str(tmp_path / "w.ini"), QSettings.IniFormat), autosave_dir=tmp_path / "auto")
-    w.sessions.answer_unsaved = "discard"
-    w.resize(1400, 900)
-    qtbot.addWidget(w)
-    w.show()
-    c = w.controller
-    c.open_demo()
-    qtbot.waitUntil(lambda: c.feature_index is not None and not c.jobs.busy, timeout=60_000)
+    w = new_window(qtbot, tmp_path, size=(1400, 900))
+    open_demo(qtbot, w)
     assert A in [w.prompt_bar.prompt.itemText(i) for i in range(w.prompt_bar.prompt.count())], "a curated prompt"
-    w.prompt_bar.prompt.setEditText(A)
-    w.prompt_bar.trace()
-    qtbot.waitUntil(lambda: c.analysis is not None and c.analysis.graph.prompt == A and not c.jobs.busy,
-                    timeout=60_000)
+    trace(qtbot, w, A)
     yield w
     w.close()
 

@@ -21,6 +21,7 @@ from circuit_studio.core.synthetic import default_hooks, random_transcoders
 from circuit_studio.core.transcoders.writing import save_transcoders
 from circuit_studio.ui.controller import DEMO
 from circuit_studio.ui.main_window import MainWindow
+from window_helpers import new_window
 
 PROMPT = "the capital of the state of Dallas is"
 A = "The capital of the state containing Dallas is"
@@ -40,13 +41,7 @@ def folders(tmp_path_factory, tiny_model_folder):
 
 
 def _window(qtbot, tmp_path, name="w", settings: QSettings | None = None) -> MainWindow:
-    w = MainWindow(settings=settings or QSettings(str(tmp_path / f"{name}.ini"), QSettings.IniFormat),
-                   autosave_dir=tmp_path / f"autosave-{name}")
-    w.sessions.answer_unsaved = "discard"
-    w.resize(1400, 900)
-    qtbot.addWidget(w)
-    w.show()
-    return w
+    return new_window(qtbot, tmp_path, name, size=(1400, 900), settings=settings)
 
 
 def _action(menu, text: str):

@@ -68,10 +68,9 @@ class Connections:
     n_hidden_neg: int  # negative ones
 
 
-def node_connections(adjacency: Adjacency, node: int, abs_sums: np.ndarray, *, inputs: bool,
-                     keep: np.ndarray | None = None) -> Connections:
-    """The inputs (`inputs=True`) or outputs of `node`; `keep` (bool [N]) filters the other end.
-    `abs_sums` [N] is `adjacency.abs_row_sums()`."""
+def node_connections(adjacency: Adjacency, node: int, *, inputs: bool, keep: np.ndarray | None = None) -> Connections:
+    """The inputs (`inputs=True`) or outputs of `node`; `keep` (bool [N]) filters the other end."""
+    abs_sums = adjacency.abs_row_sums(np.float64)  # summed once per graph, shared with pruning
     line = adjacency.row(node) if inputs else adjacency.column(node)
     others = np.flatnonzero(line)
     others = others[others != node]
@@ -287,8 +286,6 @@ class NodeConnectionsPane(QWidget):
     def __init__(self, controller, parent=None) -> None:
         super().__init__(parent)
         self.controller = controller
-        self._sums: np.ndarray | None = None
-        self._sums_graph = None  # the graph `_sums` belongs to
         self._wide = True
 
         # header
@@ -386,12 +383,6 @@ class NodeConnectionsPane(QWidget):
         a = self.controller.analysis
         return None if a is None else a.selected
 
-    def _abs_sums(self, analysis: Analysis) -> np.ndarray:
-        if self._sums_graph is not analysis.graph:
-            self._sums = analysis.graph.adjacency.abs_row_sums(np.float64)
-            self._sums_graph = analysis.graph
-        return self._sums
-
     def _on_aspect(self, aspect: str) -> None:
         if aspect in (Aspect.SELECTION.value, Aspect.PRUNING.value):
             self.refresh()
@@ -411,14 +402,13 @@ class NodeConnectionsPane(QWidget):
             self.stack.setCurrentWidget(self.empty_label)
             return
         self.stack.setCurrentIndex(1)
-        sums = self._abs_sums(analysis)
         keep = analysis.pruned.node_mask if self.only_kept.isChecked() else None
         limit = None if self.show_all.isChecked() else TOP_N
         A = analysis.graph.adjacency
         column_rows = []
         for column, (inputs, pos_key, neg_key) in enumerate(((True, INPUTS_POS, INPUTS_NEG),
                                                               (False, OUTPUTS_POS, OUTPUTS_NEG))):
-            c = node_connections(A, node, sums, inputs=inputs, keep=keep)
+            c = node_connections(A, node, inputs=inputs, keep=keep)
             for key, sel, hidden in ((pos_key, c.weights > 0, c.n_hidden_pos),
                                      (neg_key, c.weights < 0, c.n_hidden_neg)):
                 nodes, weights, shares = c.nodes[sel], c.weights[sel], c.shares[sel]

@@ -458,7 +458,7 @@ class PackedBackward:
         if key not in self._padded:
             st = np.asarray(self.layout.feature_starts[src])
             counts = np.diff(st)
-            W = max(1, int(counts.max(initial=0)))
+            W = self._pad_width(src)
             pos = np.repeat(np.arange(counts.size), counts)
             flat = pos * W + (np.arange(st[-1]) - st[pos])
             vec = self.features[key]
@@ -467,6 +467,10 @@ class PackedBackward:
             pad[idx] = vec
             self._padded[key] = (pad.view(counts.size, W, -1), idx)
         return self._padded[key]
+
+    def _pad_width(self, src: int) -> int:
+        """W of `_padded_features(src, ·)`: the most features any position of source layer `src` has."""
+        return max(1, int(np.diff(self.layout.feature_starts[src]).max(initial=0)))
 
     def _edges(self, s: int, G: torch.Tensor, n: int, Pb: int, outs) -> None:
         """Edge products at write layer s for the n started rows: every source written at s."""
@@ -481,8 +485,7 @@ class PackedBackward:
             F = st[Pb]
             vec = self.features.get((src, s))
             if vec is not None and F:
-                pad, idx = self._padded_features(src, s)
-                if n >= self.EDGE_BMM_BELOW and Pb * pad.shape[1] > (1 + self.EDGE_BMM_MAX_PADDING) * F:
+                if n >= self.EDGE_BMM_BELOW and Pb * self._pad_width(src) > (1 + self.EDGE_BMM_MAX_PADDING) * F:
                     for q in range(Pb):
                         c0, c1 = st[q], st[q + 1]
                         if c1 == c0:
@@ -494,6 +497,7 @@ class PackedBackward:
                             torch.mm(vec[c0:c1], gq, out=work[c0:c1])
                     self.macs += F * n * d
                 else:
+                    pad, idx = self._padded_features(src, s)
                     W = pad.shape[1]
                     tmp = torch.bmm(pad[:Pb], g_t, out=self._buffer("edges", Pb * W * n).view(Pb, W, n))
                     flat = tmp.view(Pb * W, n)

@@ -174,15 +174,21 @@ class Adjacency:
         return out
 
     def abs_row_sums(self, dtype=np.float32) -> np.ndarray:
-        """[N] in `dtype`: Σ_s |A[t, s]| per row (accumulated in float64, in row chunks when dense so
-        that no N x N temporary is made)."""
+        """[N] in `dtype`: Σ_s |A[t, s]| per row (read-only when float64). Pruning and Node connections
+        both need them; they are summed once (in float64), in row chunks when dense so that no N x N
+        temporary is made."""
+        return self._abs_row_sums.astype(dtype, copy=False)
+
+    @cached_property
+    def _abs_row_sums(self) -> np.ndarray:
         sums = np.zeros(self.n_nodes, dtype=np.float64)
         if self._dense is not None:
             for r in range(0, self.n_nodes, 512):
                 sums[r:r + 512] = np.abs(self._dense[r:r + 512]).sum(axis=1, dtype=np.float64)
         for b in self._blocks:
             sums[b.rows] += np.abs(b.values).sum(axis=0, dtype=np.float64)
-        return sums.astype(dtype, copy=False)
+        sums.flags.writeable = False
+        return sums
 
     def identical(self, other: "Adjacency") -> bool:
         """Same size and the same bits in every entry (-0.0 and NaN payloads count)."""
